@@ -1,0 +1,67 @@
+"""Backbone adapters, shipped inside the wheel as ``relaykit.adapters``.
+
+``get_adapter("generic", ...)`` builds one by name; ``register_adapter`` adds a family; ``detect_adapter(model)``
+picks the family of a model from its class or config and falls back to the generic adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from relaykit.adapter import Adapter
+from relaykit.adapters.generic import GenericAdapter
+
+_REGISTRY: dict[str, type[Adapter]] = {"generic": GenericAdapter}
+#: (predicate on the model, adapter name), tried in order by detect_adapter
+_DETECTORS: list[tuple[Callable[[nn.Module], bool], str]] = []
+
+
+def register_adapter(cls: type[Adapter], *, detect: Callable[[nn.Module], bool] | None = None) -> type[Adapter]:
+    """Register an adapter class under ``cls.name``; ``detect`` lets ``attach(model)`` pick it automatically."""
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError(f"register_adapter expects an Adapter subclass, got {cls!r}")
+    _REGISTRY[cls.name] = cls
+    if detect is not None:
+        _DETECTORS.append((detect, cls.name))
+    return cls
+
+
+def available_adapters() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_adapter(name: str, **options: Any) -> Adapter:
+    """Build the adapter registered as ``name`` with its options."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown adapter {name!r}; available: {', '.join(available_adapters())}")
+    return _REGISTRY[name](**options)
+
+
+def detect_adapter(model: nn.Module) -> str:
+    """The name of the first registered family whose detector accepts ``model``; 'generic' otherwise."""
+    for predicate, name in _DETECTORS:
+        if predicate(model):
+            return name
+    return "generic"
+
+
+def adapter_from_config(config: dict[str, Any]) -> Adapter:
+    """Rebuild an adapter from the ``adapter`` entry of relay_config.json."""
+    options = dict(config)
+    name = options.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"relay_config.json: adapter entry has no 'name': {config!r}")
+    return get_adapter(name, **options)
+
+
+__all__ = [
+    "Adapter",
+    "GenericAdapter",
+    "adapter_from_config",
+    "available_adapters",
+    "detect_adapter",
+    "get_adapter",
+    "register_adapter",
+]

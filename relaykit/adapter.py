@@ -1,0 +1,247 @@
+"""Adapter: what relaykit must know about one backbone family, and the helpers adapters share.
+
+An adapter answers, for one model: where the token embedding is (relay adds R(h) to its output), where the last
+hidden state is (captured as the new h), the mask token id, the token-shift alignment, which module sees each
+call's keyword arguments, and which absolute positions a call covers (full sequence, prefix cache, sub-block ...).
+
+The core never imports transformers: adapters read HF objects by duck typing.
+
+Example (a custom adapter only needs the methods it changes)::
+
+    class MyAdapter(Adapter):
+        name = "mine"
+        def embedding(self, model): return model.tok
+        def final_hidden(self, model): return model.norm, "output"
+        def mask_token_id(self, model): return 3
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+Side = Literal["input", "output"]
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+
+
+def resolve_module(model: nn.Module, path: str, *, role: str) -> nn.Module:
+    """The submodule at exact dotted ``path`` (indices allowed: ``"layers.0.norm"``), never by suffix.
+
+    Raises AttributeError listing the closest existing paths when it is missing.
+    """
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"{role} path must be a non-empty dotted string, got {path!r}")
+    names = dict(model.named_modules())
+    if path in names:
+        return names[path]
+    close = difflib.get_close_matches(path, [n for n in names if n], n=5, cutoff=0.4)
+    hint = f" Closest paths: {', '.join(close)}." if close else ""
+    raise AttributeError(f"{role}: no module at path {path!r} in {type(model).__name__}.{hint}")
+
+
+def module_path(model: nn.Module, module: nn.Module) -> str:
+    """The dotted path of ``module`` inside ``model`` ("" for the model itself)."""
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
+
+
+def candidates(model: nn.Module, kinds: tuple[type, ...]) -> list[str]:
+    """Paths of submodules of the given kinds, to list in error messages."""
+    return [n for n, m in model.named_modules() if isinstance(m, kinds) and n]
+
+
+def embedding_width(module: nn.Module, *, path: str) -> int:
+    """The output width e of an embedding module: nn.Embedding, or a module with a 2-D [vocab, e] weight."""
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    if isinstance(module, (*_CONTAINERS, nn.Linear)) or not _has_table(module):
+        raise TypeError(
+            f"embedding {path!r} is a {type(module).__name__}; expected a token embedding (nn.Embedding, or a "
+            f"module with a [vocab, width] parameter named 'weight' or 'embedding')"
+        )
+    return _table(module).shape[1]
+
+
+def embedding_vocab(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Embedding):
+        return module.num_embeddings
+    return _table(module).shape[0] if _has_table(module) else None
+
+
+def _has_table(module: nn.Module) -> bool:
+    return _table(module) is not None
+
+
+def _table(module: nn.Module) -> Tensor | None:
+    for name in ("weight", "embedding"):
+        p = getattr(module, name, None)
+        if isinstance(p, Tensor) and p.dim() == 2:
+            return p
+    return None
+
+
+def hidden_width(module: nn.Module, side: Side, *, path: str, model: nn.Module | None = None) -> int:
+    """The width d of the tensor seen at ``side`` of ``module`` (the final hidden state)."""
+    if isinstance(module, _CONTAINERS):
+        raise TypeError(
+            f"final_hidden {path!r} is a {type(module).__name__} (a container); expected the module whose "
+            f"{side} is the last hidden state, e.g. the final norm or the LM head with side 'input'"
+        )
+    if isinstance(module, nn.Linear):
+        return module.in_features if side == "input" else module.out_features
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.normalized_shape:
+        return int(module.normalized_shape[-1])
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 1:  # custom RMSNorm-like modules
+        return weight.shape[0]
+    if model is not None:
+        size = config_hidden_size(model)
+        if size is not None:
+            return size
+    raise TypeError(
+        f"cannot tell the hidden width at the {side} of {path!r} ({type(module).__name__}); pass hidden_size=..."
+    )
+
+
+def config_hidden_size(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "d_model", "hidden_dim", "n_embd"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def cache_length(cache: Any) -> int:
+    """Number of positions already held by a KV cache: HF Cache objects or a list/tuple of (k, v) per layer."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    if isinstance(cache, (list, tuple)):
+        if len(cache) == 0:
+            return 0
+        first = cache[0]
+        if isinstance(first, (list, tuple)) and first and isinstance(first[0], Tensor):
+            return int(first[0].shape[-2])  # keys: (b, heads, L, d)
+    raise TypeError(
+        f"cannot read the length of a cache of type {type(cache).__name__}; expected an object with "
+        f"get_seq_length() or a list of (key, value) tensors per layer"
+    )
+
+
+class Adapter:
+    """Base adapter: the generic behaviour, overridden per family. Subclasses set ``name`` and resolve modules."""
+
+    name: str = "base"
+    #: hidden state at position i predicts token i + token_shift (1 for Fast-dLLM v2, 0 for LLaDA/MDLM)
+    token_shift: int = 0
+
+    # --------------------------------------------------------------- modules
+    def embedding(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must implement embedding(model)")
+
+    def final_hidden(self, model: nn.Module) -> tuple[nn.Module, Side]:
+        raise NotImplementedError(f"{type(self).__name__} must implement final_hidden(model)")
+
+    def call_module(self, model: nn.Module) -> nn.Module:
+        """The module whose __call__ sees each forward's keyword arguments (caches, positions)."""
+        return model
+
+    # --------------------------------------------------------------- sizes and ids
+    def embedding_size(self, model: nn.Module) -> int:
+        emb = self.embedding(model)
+        return embedding_width(emb, path=module_path(model, emb))
+
+    def hidden_size(self, model: nn.Module) -> int:
+        module, side = self.final_hidden(model)
+        return hidden_width(module, side, path=module_path(model, module), model=model)
+
+    def vocab_size(self, model: nn.Module) -> int | None:
+        return embedding_vocab(self.embedding(model))
+
+    def mask_token_id(self, model: nn.Module) -> int:
+        config = getattr(model, "config", None)
+        for name in ("mask_token_id", "mask_id", "mask_index"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        raise ValueError(
+            f"unknown mask token id for {type(model).__name__}: its config has no mask_token_id; "
+            f"pass mask_token_id=... to attach()"
+        )
+
+    def tied(self, model: nn.Module) -> bool | None:
+        """Whether the LM head shares the embedding's weight (None when unknown)."""
+        getter = getattr(model, "get_output_embeddings", None)
+        head = getter() if callable(getter) else None
+        if head is None:
+            return None
+        emb = self.embedding(model)
+        return getattr(head, "weight", None) is getattr(emb, "weight", object())
+
+    # --------------------------------------------------------------- per-call behaviour
+    def embedding_input_ids(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        """The token ids the embedding module was called with (b, q)."""
+        ids = args[0] if args else kwargs.get("input", kwargs.get("input_ids"))
+        if not isinstance(ids, Tensor) or ids.dim() != 2:
+            raise TypeError(
+                f"relay expected the embedding to be called with token ids of shape (batch, length); got "
+                f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}"
+            )
+        return ids
+
+    def cache_of(self, kwargs: dict[str, Any]) -> Any:
+        """The KV cache object passed to this call, if any."""
+        return kwargs.get("past_key_values")
+
+    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        """Absolute sequence positions (b, q) of the tokens fed by this call: cache length + arange(q)."""
+        past = cache_length(self.cache_of(kwargs))
+        b, q = input_ids.shape
+        return (past + torch.arange(q, device=input_ids.device)).unsqueeze(0).expand(b, q)
+
+    def uses_cache(self, kwargs: dict[str, Any]) -> bool:
+        return self.cache_of(kwargs) is not None
+
+    def logits(self, output: Any) -> Tensor:
+        """The logits tensor (b, q, V) in a backbone's output."""
+        if isinstance(output, Tensor):
+            return output
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, Tensor):
+            return logits
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+            return output[0]
+        raise TypeError(f"cannot find logits in a backbone output of type {type(output).__name__}")
+
+    # --------------------------------------------------------------- serialisation
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able description saved in relay_config.json so from_pretrained can rebuild the adapter."""
+        return {"name": self.name}
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """What this adapter resolves on ``model`` (used by relaykit.inspect)."""
+        emb = self.embedding(model)
+        fh, side = self.final_hidden(model)
+        try:
+            mask: int | str = self.mask_token_id(model)
+        except ValueError as e:
+            mask = f"unresolved ({e})"
+        return {
+            "adapter": self.name,
+            "embedding": f"{module_path(model, emb)} ({type(emb).__name__})",
+            "final_hidden": f"{module_path(model, fh)} ({type(fh).__name__}, {side})",
+            "call_module": module_path(model, self.call_module(model)) or "<model>",
+            "embedding_size": self.embedding_size(model),
+            "hidden_size": self.hidden_size(model),
+            "vocab_size": self.vocab_size(model),
+            "mask_token_id": mask,
+            "tied_embeddings": self.tied(model),
+            "token_shift": self.token_shift,
+        }

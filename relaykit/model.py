@@ -1,0 +1,360 @@
+"""RelayModel: a backbone with a relay channel attached through hooks registered once.
+
+Legend: b batch, q positions fed by one call, d hidden width, e embedding width.
+
+How it works. At attach, three hooks are registered and never changed afterwards (torch.compile, DDP and
+optimisers see one fixed module tree):
+
+* a pre-hook on the adapter's *call module* records the call's arguments (caches, ``replace_position`` ...);
+* a forward hook on the *embedding* adds R(h) at the positions the call feeds (where a state exists);
+* a hook on the *final hidden* point captures the new h and writes it into the state, only where the input
+  token is the mask token (``update="masked"``, the default, required with KV caches) or everywhere
+  (``update="all"``, Algorithm 1 as printed, cache-free use only).
+
+Hooks do nothing unless a *slot* is active: an explicit ``relay(input_ids, state=...)`` call opens one for
+the call, ``relay.session()`` opens one for an unchanged third-party decoding loop. The channel lives in one
+child module of the backbone (``relay_channel``) so DDP/FSDP and optimisers see it; ``detach()`` removes it
+and every hook.
+
+Example::
+
+    relay = relaykit.attach(model, embedding="tok", final_hidden="norm", mask_token_id=3)
+    out = relay(x)                       # out.logits (b, n, V), out.state.hidden (b, n, d)
+    out = relay(x2, state=out.state)     # forwards h
+    with relay.session() as s:           # implicit state for loops that call `model(...)` themselves
+        model(x); model(x2); print(s.nfe)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from relaykit.adapter import Adapter
+from relaykit.channel import RelayChannel
+from relaykit.state import RelayState
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+Update = Literal["masked", "all"]
+CHANNEL_ATTR = "relay_channel"
+
+
+@dataclass
+class RelayOutput:
+    """What a relay forward returns: logits (b, q, V), the new state, the raw backbone output, the positions."""
+
+    logits: Tensor
+    state: RelayState | None
+    output: Any
+    positions: Tensor | None = None
+
+
+@dataclass
+class _Slot:
+    """Where the hooks read and write h while it is active (one explicit call, or a whole session)."""
+
+    state: RelayState | None
+    update: Update
+    nfe: int = 0
+    last_positions: Tensor | None = None
+
+
+@dataclass
+class _Call:
+    """What the hooks learn about the forward in flight."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    ids: Tensor | None = None
+    positions: Tensor | None = None  # (b, q) absolute
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_update(update: str) -> Update:
+    if update not in ("masked", "all"):
+        raise ValueError(f"update must be 'masked' (default; required with KV caches) or 'all', got {update!r}")
+    return update  # type: ignore[return-value]
+
+
+class RelaySession:
+    """Handle returned by ``relay.session()``: the implicit state, the number of forwards (NFE), resets."""
+
+    def __init__(self, slot: _Slot) -> None:
+        self._slot = slot
+
+    @property
+    def state(self) -> RelayState | None:
+        return self._slot.state
+
+    @state.setter
+    def state(self, value: RelayState | None) -> None:
+        self._slot.state = value
+
+    @property
+    def nfe(self) -> int:
+        """Forward passes seen in this session (each backbone call counts once)."""
+        return self._slot.nfe
+
+    def reset(self, rows: Any = None) -> None:
+        """Forget h for some rows (all when None), e.g. when a loop starts a new prompt in a batch slot."""
+        if self._slot.state is not None:
+            self._slot.state = None if rows is None else self._slot.state.reset(rows)
+
+    def detach_state(self) -> None:
+        """Cut the autograd graph through h (end of a truncated-BPTT window)."""
+        if self._slot.state is not None:
+            self._slot.state = self._slot.state.detach()
+
+    def __repr__(self) -> str:
+        return f"RelaySession(nfe={self.nfe}, state={self.state!r})"
+
+
+class RelayModel(nn.Module):
+    """A backbone plus its relay channel. Build with :func:`relaykit.attach` or :meth:`from_pretrained`."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        adapter: Adapter,
+        channel: RelayChannel,
+        *,
+        mask_token_id: int,
+        update: Update = "masked",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.adapter = adapter
+        self.mask_token_id = int(mask_token_id)
+        self.update = _check_update(update)
+        # plain attributes (not submodules): the channel is registered once, on the backbone
+        object.__setattr__(self, "_channel", channel)
+        self._slots: list[_Slot] = []
+        self._call: _Call | None = None
+        self._disabled = 0
+        self._handles: list[RemovableHandle] = []
+        self._attached = False
+        self._register()
+
+    # ------------------------------------------------------------------ attach / detach
+    def _register(self) -> None:
+        backbone = self.backbone
+        if hasattr(backbone, CHANNEL_ATTR):
+            raise RuntimeError(
+                f"{type(backbone).__name__} already has a relay attached (attribute {CHANNEL_ATTR!r}); call "
+                f"relay.detach() on the existing RelayModel first"
+            )
+        emb = self.adapter.embedding(backbone)
+        final, side = self.adapter.final_hidden(backbone)
+        call = self.adapter.call_module(backbone)
+        backbone.add_module(CHANNEL_ATTR, self._channel)
+        self._attached = True
+        try:
+            self._handles.append(call.register_forward_pre_hook(self._on_call, with_kwargs=True))
+            self._handles.append(call.register_forward_hook(self._on_call_end, always_call=True))
+            self._handles.append(emb.register_forward_hook(self._on_embedding))
+            if side == "output":
+                self._handles.append(final.register_forward_hook(self._on_final_output))
+            else:
+                self._handles.append(final.register_forward_pre_hook(self._on_final_input))
+        except Exception:
+            self.detach()
+            raise
+
+    def detach(self) -> nn.Module:
+        """Remove every hook and the channel from the backbone and return it, exactly as it was. Idempotent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._attached and getattr(self.backbone, CHANNEL_ATTR, None) is self._channel:
+            delattr(self.backbone, CHANNEL_ATTR)
+        self._attached = False
+        self._slots.clear()
+        self._call = None
+        return self.backbone
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    @property
+    def channel(self) -> RelayChannel:
+        """The relay channel R (still readable after detach, e.g. to save it)."""
+        return self._channel
+
+    def relay_parameters(self) -> Iterator[nn.Parameter]:
+        """Only the channel's parameters (for an optimiser that trains relay alone)."""
+        return self._channel.parameters()
+
+    def _require_attached(self) -> None:
+        if not self._attached:
+            raise RuntimeError("this RelayModel was detached; attach again with relaykit.attach(backbone)")
+
+    # ------------------------------------------------------------------ hooks (pure given the active slot)
+    def _active(self) -> _Slot | None:
+        if self._disabled or not self._slots:
+            return None
+        return self._slots[-1]
+
+    def _on_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        slot = self._active()
+        if slot is None:
+            return None
+        if slot.update == "all" and self.adapter.uses_cache(kwargs):
+            raise ValueError(
+                "update='all' writes h at committed positions, which would make a KV cache stale; use "
+                "update='masked' (the default) whenever the backbone is called with a cache"
+            )
+        self._call = _Call(args, kwargs)
+        return None
+
+    def _on_call_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._call = None
+
+    def _on_embedding(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+        slot = self._active()
+        if slot is None:
+            return None
+        call = self._call
+        if call is None:
+            raise RuntimeError(
+                "relay is active but the backbone was not called through its __call__ (the pre-hook on the "
+                "adapter's call module did not fire): call model(...) rather than model.forward(...)"
+            )
+        ids = self.adapter.embedding_input_ids(args, {})  # (b, q)
+        positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
+        call.ids, call.positions = ids, positions
+        state = slot.state
+        if state is None:
+            return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
+        state.check_batch(ids.shape[0])
+        state = slot.state = state.extend(int(positions.max()) + 1) if positions.numel() else state
+        hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
+        delta = self._channel(hidden)  # (b, q, e)
+        delta = torch.where(filled.unsqueeze(-1), delta, torch.zeros_like(delta))  # no relay where no state
+        return output + delta.to(output.dtype)
+
+    def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        hidden = output if isinstance(output, Tensor) else output[0]
+        self._capture(hidden)
+
+    def _on_final_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._capture(args[0])
+
+    def _capture(self, hidden: Tensor) -> None:
+        slot = self._active()
+        call = self._call
+        if slot is None or call is None or call.positions is None or call.ids is None:
+            return
+        positions, ids = call.positions, call.ids
+        if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
+            raise ValueError(
+                f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "
+                f"({ids.shape[0]}, {ids.shape[1]}, d); got {tuple(hidden.shape)} (is the LM head applied to a "
+                f"subset of positions, e.g. logits_to_keep? relay needs all of them)"
+            )
+        where = ids == self.mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)
+        state = slot.state
+        if state is None:
+            end = int(positions.max()) + 1 if positions.numel() else 0
+            state = RelayState.zeros(ids.shape[0], end, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        slot.state = state.write(positions, hidden, where)
+        slot.nfe += 1
+        slot.last_positions = positions
+
+    # ------------------------------------------------------------------ public calls
+    def forward(
+        self,
+        input_ids: Tensor,
+        state: RelayState | None = None,
+        *,
+        update: Update | None = None,
+        **backbone_kwargs: Any,
+    ) -> RelayOutput:
+        """One relay forward: ``input_ids`` (b, q) with h from ``state`` (None: h = 0); returns logits and new state.
+
+        Extra keyword arguments go to the backbone unchanged (caches, timesteps, attention masks ...).
+        """
+        self._require_attached()
+        self._check_ids(input_ids)
+        if state is not None and not isinstance(state, RelayState):
+            raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+        if self._disabled:
+            output = self.backbone(input_ids, **backbone_kwargs)
+            return RelayOutput(self.adapter.logits(output), state, output)
+        slot = _Slot(state=state, update=_check_update(update or self.update))
+        self._slots.append(slot)
+        try:
+            output = self.backbone(input_ids, **backbone_kwargs)
+        finally:
+            self._slots.pop()
+            self._call = None
+        if slot.last_positions is None:
+            raise RuntimeError(
+                "relay hooks did not see this forward (the embedding or the final hidden module was not called); "
+                "check the adapter with relaykit.inspect(model)"
+            )
+        return RelayOutput(self.adapter.logits(output), slot.state, output, slot.last_positions)
+
+    def _check_ids(self, input_ids: Tensor) -> None:
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+
+    @contextlib.contextmanager
+    def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:
+        """Keep h inside the relay between backbone calls, for third-party loops that call the model themselves.
+
+        Leaving the block clears the state. Sessions do not nest.
+        """
+        self._require_attached()
+        if self._slots:
+            raise RuntimeError("a relay session or call is already active on this model; sessions do not nest")
+        slot = _Slot(state=state, update=_check_update(update or self.update))
+        self._slots.append(slot)
+        try:
+            yield RelaySession(slot)
+        finally:
+            self._slots.remove(slot)
+            self._call = None
+            slot.state = None
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the bare backbone inside the block: no relay added, no state written (commit passes, baselines)."""
+        self._disabled += 1
+        try:
+            yield
+        finally:
+            self._disabled -= 1
+
+    # ------------------------------------------------------------------ persistence (see relaykit.io)
+    def save_pretrained(self, save_directory: str | PathLike[str]) -> None:
+        """Write ``relay_config.json`` and ``relay_model.safetensors`` (the channel only), atomically."""
+        from relaykit.io import save_relay
+
+        save_relay(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path_or_repo_id: str | PathLike[str], **kwargs: Any) -> RelayModel:
+        """Attach a saved relay to ``model`` from a local folder or a Hugging Face Hub repo id."""
+        from relaykit.io import load_relay
+
+        return load_relay(model, path_or_repo_id, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload the relay folder and a model card to the Hugging Face Hub."""
+        from relaykit.io import push_relay
+
+        return push_relay(self, repo_id, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}"

@@ -1,0 +1,236 @@
+"""RelayState: the per-token hidden state h that relay carries from one forward pass to the next.
+
+Legend for shapes: b batch, n state length (positions covered), q positions fed by one call, d hidden width.
+
+A state covers the absolute sequence positions ``offset .. offset + n - 1`` of every row. ``filled[b, i]`` says
+whether position ``offset + i`` of row ``b`` holds a state yet; positions without one contribute no relay.
+Every update is functional: it returns a new state and leaves the old one untouched, so autograd can flow
+through h across denoising steps (truncated BPTT) and callers can keep old states around.
+
+Example::
+
+    >>> import torch
+    >>> s = RelayState.zeros(batch=2, length=8, hidden_size=4)
+    >>> pos = torch.arange(2, 5).expand(2, 3)                  # (b, q) absolute positions
+    >>> s2 = s.write(pos, torch.ones(2, 3, 4), where=torch.tensor([[True, False, True]] * 2))
+    >>> s2.filled[0].tolist()
+    [False, False, True, False, True, False, False, False]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def _describe(t: Tensor) -> str:
+    return f"shape {tuple(t.shape)}, {t.dtype}, {t.device}"
+
+
+@dataclass(frozen=True, eq=False)
+class RelayState:
+    """Relay state for a batch: ``hidden`` (b, n, d), ``filled`` (b, n) bool, covering positions from ``offset``.
+
+    Build one with :meth:`zeros`; the model builds and returns them for you (``out.state``).
+    """
+
+    hidden: Tensor
+    filled: Tensor
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hidden, Tensor) or self.hidden.dim() != 3:
+            got = _describe(self.hidden) if isinstance(self.hidden, Tensor) else type(self.hidden).__name__
+            raise ValueError(f"RelayState.hidden must be a (batch, length, hidden) tensor; got {got}")
+        if not isinstance(self.filled, Tensor) or self.filled.dtype != torch.bool:
+            got = _describe(self.filled) if isinstance(self.filled, Tensor) else type(self.filled).__name__
+            raise ValueError(f"RelayState.filled must be a bool tensor of shape (batch, length); got {got}")
+        if tuple(self.filled.shape) != tuple(self.hidden.shape[:2]):
+            raise ValueError(
+                f"RelayState.filled has shape {tuple(self.filled.shape)} but hidden has (batch, length) = "
+                f"{tuple(self.hidden.shape[:2])}; they must match"
+            )
+        if self.filled.device != self.hidden.device:
+            raise ValueError(f"RelayState.filled is on {self.filled.device} but hidden is on {self.hidden.device}")
+        if int(self.offset) < 0:
+            raise ValueError(f"RelayState.offset must be >= 0, got {self.offset}")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def zeros(
+        cls,
+        batch: int,
+        length: int,
+        hidden_size: int,
+        *,
+        offset: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> RelayState:
+        """An empty state: h = 0 everywhere and no position filled (the method's h_0)."""
+        if batch < 1 or length < 0 or hidden_size < 1:
+            raise ValueError(
+                f"RelayState.zeros needs batch >= 1, length >= 0, hidden_size >= 1; "
+                f"got batch={batch}, length={length}, hidden_size={hidden_size}"
+            )
+        hidden = torch.zeros(batch, length, hidden_size, dtype=dtype, device=device)
+        filled = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
+        return cls(hidden, filled, offset)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.hidden.shape[1]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hidden.shape[2]
+
+    @property
+    def end(self) -> int:
+        """One past the last absolute position covered."""
+        return self.offset + self.length
+
+    @property
+    def positions(self) -> Tensor:
+        """The absolute positions covered, (n,)."""
+        return torch.arange(self.offset, self.end, device=self.hidden.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    def __repr__(self) -> str:
+        return (
+            f"RelayState(batch={self.batch_size}, positions={self.offset}..{self.end - 1}, "
+            f"hidden={self.hidden_size}, filled={int(self.filled.sum())}, {self.dtype}, {self.device})"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def check_batch(self, batch: int, *, what: str = "the input") -> None:
+        """Raise if this state was made for another batch size."""
+        if batch != self.batch_size:
+            raise ValueError(
+                f"relay state is for a batch of {self.batch_size} rows but {what} has {batch}; pass the state "
+                f"returned for this batch (or state=None to start from h = 0)"
+            )
+
+    def _index(self, positions: Tensor) -> Tensor:
+        """Absolute positions (b, q) or (q,) -> column indices (b, q) into this state, with checks."""
+        if positions.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
+        if positions.dim() == 1:
+            positions = positions.unsqueeze(0).expand(self.batch_size, -1)
+        if positions.dim() != 2:
+            raise ValueError(f"positions must have shape (batch, q) or (q,), got {tuple(positions.shape)}")
+        self.check_batch(positions.shape[0], what="the positions")
+        positions = positions.to(self.device, torch.int64)
+        if positions.numel():
+            lo, hi = int(positions.min()), int(positions.max())
+            if lo < self.offset or hi >= self.end:
+                raise ValueError(
+                    f"relay state covers positions {self.offset}..{self.end - 1} but the call feeds positions "
+                    f"{lo}..{hi}; slice or extend the state (state.window / state.extend) to cover them"
+                )
+        return positions - self.offset
+
+    # ------------------------------------------------------------------ reads
+    def gather(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Read h at absolute ``positions`` (b, q) or (q,): returns (hidden (b, q, d), filled (b, q))."""
+        idx = self._index(positions)  # (b, q)
+        hidden = self.hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.hidden_size))  # (b, q, d)
+        return hidden, self.filled.gather(1, idx)
+
+    # ------------------------------------------------------------------ functional updates
+    def write(self, positions: Tensor, values: Tensor, where: Tensor | None = None) -> RelayState:
+        """New state with ``values`` (b, q, d) written at ``positions`` (b, q) where ``where`` (b, q) is True.
+
+        Everything else is carried over bit for bit. Differentiable w.r.t. both the old hidden and ``values``.
+        """
+        idx = self._index(positions)  # (b, q)
+        if values.dim() != 3 or tuple(values.shape[:2]) != tuple(idx.shape) or values.shape[2] != self.hidden_size:
+            raise ValueError(
+                f"values to write must have shape (batch, q, hidden) = ({idx.shape[0]}, {idx.shape[1]}, "
+                f"{self.hidden_size}); got {tuple(values.shape)}"
+            )
+        if values.dtype != self.dtype:
+            raise TypeError(
+                f"relay state holds {self.dtype} but the new hidden states are {values.dtype}; keep one dtype per "
+                f"state (start a new state, or cast it with state.to(dtype))"
+            )
+        if values.device != self.device:
+            raise ValueError(f"relay state is on {self.device} but the new hidden states are on {values.device}")
+        if where is None:
+            where = torch.ones_like(idx, dtype=torch.bool)
+        if tuple(where.shape) != tuple(idx.shape) or where.dtype != torch.bool:
+            raise ValueError(f"where must be a bool tensor of shape {tuple(idx.shape)}, got {_describe(where)}")
+        idx_d = idx.unsqueeze(-1).expand(-1, -1, self.hidden_size)  # (b, q, d)
+        old = self.hidden.gather(1, idx_d)  # (b, q, d)
+        merged = torch.where(where.unsqueeze(-1), values, old)  # (b, q, d)
+        hidden = self.hidden.scatter(1, idx_d, merged)  # out of place: autograd-friendly
+        filled = self.filled.scatter(1, idx, self.filled.gather(1, idx) | where)
+        return RelayState(hidden, filled, self.offset)
+
+    def detach(self) -> RelayState:
+        """The same state cut from the autograd graph (the 'Relay (sg)' variant, or the end of a TBPTT window)."""
+        return RelayState(self.hidden.detach(), self.filled, self.offset)
+
+    def reset(self, rows: Sequence[int] | Tensor | None = None) -> RelayState:
+        """New state with the given rows (all when None) emptied: h = 0 and nothing filled."""
+        if rows is None:
+            keep = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+        else:
+            rows_t = torch.as_tensor(rows, device=self.device)
+            if rows_t.dtype == torch.bool:
+                if rows_t.shape != (self.batch_size,):
+                    raise ValueError(f"a bool row mask must have shape ({self.batch_size},), got {tuple(rows_t.shape)}")
+                drop = rows_t
+            else:
+                rows_t = rows_t.long().reshape(-1)
+                if rows_t.numel() and (int(rows_t.min()) < 0 or int(rows_t.max()) >= self.batch_size):
+                    raise IndexError(f"reset rows {rows_t.tolist()} are outside the batch of {self.batch_size}")
+                drop = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+                drop[rows_t] = True
+            keep = ~drop
+        hidden = torch.where(keep[:, None, None], self.hidden, torch.zeros_like(self.hidden))  # (b, n, d)
+        filled = self.filled & keep[:, None]
+        return RelayState(hidden, filled, self.offset)
+
+    def window(self, start: int, stop: int) -> RelayState:
+        """The part covering absolute positions ``start .. stop - 1`` (e.g. the active block)."""
+        if not (self.offset <= start <= stop <= self.end):
+            raise ValueError(
+                f"window {start}..{stop - 1} is not inside the state's positions {self.offset}..{self.end - 1}"
+            )
+        a, b = start - self.offset, stop - self.offset
+        return RelayState(self.hidden[:, a:b], self.filled[:, a:b], start)
+
+    def extend(self, end: int) -> RelayState:
+        """New state covering up to absolute position ``end - 1``; new positions are empty (h = 0)."""
+        if end <= self.end:
+            return self
+        extra = end - self.end
+        pad_h = self.hidden.new_zeros(self.batch_size, extra, self.hidden_size)
+        pad_f = self.filled.new_zeros(self.batch_size, extra)
+        return RelayState(torch.cat([self.hidden, pad_h], 1), torch.cat([self.filled, pad_f], 1), self.offset)
+
+    def select(self, rows: Tensor | Sequence[int]) -> RelayState:
+        """The state of a subset of rows, e.g. to follow a batch that drops finished samples."""
+        idx = torch.as_tensor(rows, device=self.device, dtype=torch.long)
+        return RelayState(self.hidden[idx], self.filled[idx], self.offset)
+
+    def to(self, *args: object, **kwargs: object) -> RelayState:
+        """Move or cast the hidden tensor like ``Tensor.to`` (filled stays bool)."""
+        hidden = self.hidden.to(*args, **kwargs)  # type: ignore[arg-type]
+        return RelayState(hidden, self.filled.to(hidden.device), self.offset)
