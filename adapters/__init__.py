@@ -6,7 +6,8 @@ picks the family of a model from its class or config and falls back to the gener
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 

@@ -34,7 +34,7 @@ def resolve_adapter(
     paths = {k: v for k, v in (("embedding", embedding), ("final_hidden", final_hidden)) if v is not None}
     if isinstance(adapter, Adapter):
         if paths:
-            raise ValueError(f"{sorted(paths)} are options of the generic adapter; they cannot override an Adapter object")
+            raise ValueError(f"{sorted(paths)} are generic-adapter options; they cannot override an Adapter object")
         return adapter
     if adapter is None:
         if paths:
@@ -56,9 +56,8 @@ def resolve_mask_token_id(model: nn.Module, adapter: Adapter, mask_token_id: int
         raise TypeError(f"mask_token_id must be an int, got {type(mask).__name__}")
     vocab = adapter.vocab_size(model)
     if mask < 0 or (vocab is not None and mask >= vocab):
-        raise ValueError(
-            f"mask_token_id {mask} is outside the embedding's vocabulary of {vocab} tokens (valid: 0..{vocab - 1 if vocab else '?'})"
-        )
+        valid = f"0..{vocab - 1}" if vocab is not None else ">= 0"
+        raise ValueError(f"mask_token_id {mask} is outside the embedding's vocabulary of {vocab} tokens ({valid})")
     return mask
 
 

@@ -230,6 +230,4 @@ def push_relay(
         save_relay(relay, tmp)
         (Path(tmp) / "README.md").write_text(model_card(relay, repo_id))
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision
-        )
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision)

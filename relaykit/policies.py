@@ -1,0 +1,186 @@
+"""Unmasking policies: which still-masked positions to commit after a forward pass. Used by training and decoding.
+
+Legend: b batch, n positions, V vocabulary.
+
+A policy gets the step's confidence (max probability, (b, n)), the candidate positions (still masked and
+maskable, (b, n) bool) and returns the positions to commit, (b, n) bool, always a subset of the candidates.
+Every policy commits at least one candidate in every row that still has one, so no loop can stall.
+
+Example::
+
+    >>> import torch
+    >>> conf = torch.tensor([[0.95, 0.5, 0.7]]); cand = torch.tensor([[True, True, True]])
+    >>> Threshold(0.9)(conf, cand).tolist()      # >= 0.9, at least the most confident one
+    [[True, False, False]]
+    >>> TopK(2)(conf, cand).tolist()
+    [[True, False, True]]
+
+The paper's Sudoku tau is the complement: tau = 0.15 there means ``Threshold(0.85)`` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def _check(confidence: Tensor, candidates: Tensor) -> None:
+    if confidence.shape != candidates.shape or candidates.dtype != torch.bool:
+        raise ValueError(
+            f"policy expects confidence (b, n) and bool candidates of the same shape; got "
+            f"{tuple(confidence.shape)} and {tuple(candidates.shape)} {candidates.dtype}"
+        )
+
+
+def _top_per_row(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
+    """The k[b] highest-scoring candidates of each row, (b, n) bool. k (b,) may differ per row."""
+    score = score.masked_fill(~candidates, float("-inf"))  # (b, n)
+    order = score.argsort(dim=-1, descending=True, stable=True)  # (b, n)
+    ranks = torch.arange(score.shape[1], device=score.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)  # rank of each position in its row
+    return (rank < k.unsqueeze(-1)) & candidates
+
+
+class Policy:
+    """Base class: ``policy(confidence (b, n), candidates (b, n) bool) -> commit (b, n) bool``."""
+
+    def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def at_least_one(self, commit: Tensor, confidence: Tensor, candidates: Tensor) -> Tensor:
+        """Add the most confident candidate to every row that would otherwise commit nothing."""
+        empty = ~commit.any(-1) & candidates.any(-1)  # (b,)
+        if bool(empty.any()):
+            best = _top_per_row(confidence, candidates, torch.ones_like(empty, dtype=torch.long))
+            commit = commit | (best & empty.unsqueeze(-1))
+        return commit
+
+
+@dataclass(frozen=True)
+class Threshold(Policy):
+    """Commit every candidate with confidence >= ``threshold``; always at least the most confident one.
+
+    ``max_per_step`` optionally caps the number committed per row per step (most confident first).
+    """
+
+    threshold: float = 0.9
+    max_per_step: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"Threshold.threshold must be in [0, 1], got {self.threshold}")
+        if self.max_per_step is not None and self.max_per_step < 1:
+            raise ValueError(f"Threshold.max_per_step must be >= 1, got {self.max_per_step}")
+
+    def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check(confidence, candidates)
+        commit = candidates & (confidence >= self.threshold)
+        if self.max_per_step is not None:
+            cap = torch.full(commit.shape[:1], self.max_per_step, device=commit.device, dtype=torch.long)
+            commit = _top_per_row(confidence, commit, cap)
+        return self.at_least_one(commit, confidence, candidates)
+
+
+@dataclass(frozen=True)
+class TopK(Policy):
+    """Commit the ``k`` most confident candidates per row (LLaDA's low-confidence remasking)."""
+
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"TopK.k must be >= 1, got {self.k}")
+
+    def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check(confidence, candidates)
+        k = torch.full(confidence.shape[:1], self.k, device=confidence.device, dtype=torch.long)
+        return _top_per_row(confidence, candidates, k)
+
+
+@dataclass(frozen=True)
+class RandomK(Policy):
+    """Commit ``k`` candidates per row uniformly at random (or a ``fraction`` of them, rounded up)."""
+
+    k: int | None = None
+    fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.k is not None and self.fraction is not None:
+            raise ValueError("RandomK takes k or fraction, not both")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"RandomK.k must be >= 1, got {self.k}")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"RandomK.fraction must be in (0, 1], got {self.fraction}")
+
+    def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check(confidence, candidates)
+        if self.fraction is not None:
+            k = torch.ceil(candidates.sum(-1) * self.fraction).long().clamp(min=1)  # (b,)
+        else:
+            k = torch.full(confidence.shape[:1], int(self.k or 1), device=confidence.device, dtype=torch.long)
+        noise = torch.rand(confidence.shape, generator=generator, device=confidence.device)
+        return _top_per_row(noise, candidates, k)
+
+
+class Oracle(Policy):
+    """Commit candidates in a given order: ``order`` (b, n), lower value first, ``k`` per step.
+
+    E.g. a solver's deduction order for Sudoku, or left to right (``order = arange(n)``).
+    """
+
+    def __init__(self, order: Tensor, k: int = 1) -> None:
+        if k < 1:
+            raise ValueError(f"Oracle.k must be >= 1, got {k}")
+        self.order = order
+        self.k = k
+
+    def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check(confidence, candidates)
+        if self.order.shape != candidates.shape:
+            raise ValueError(f"Oracle.order has shape {tuple(self.order.shape)}, expected {tuple(candidates.shape)}")
+        k = torch.full(confidence.shape[:1], self.k, device=confidence.device, dtype=torch.long)
+        return _top_per_row(-self.order.to(confidence.dtype), candidates, k)
+
+    def __repr__(self) -> str:
+        return f"Oracle(order={tuple(self.order.shape)}, k={self.k})"
+
+
+def confidence_and_prediction(logits: Tensor, *, mask_token_id: int | None = None) -> tuple[Tensor, Tensor]:
+    """Max probability and argmax token per position, (b, n) each; the mask token is never predicted."""
+    logits = logits.float()
+    if mask_token_id is not None and 0 <= mask_token_id < logits.shape[-1]:
+        logits = logits.clone()
+        logits[..., mask_token_id] = float("-inf")
+    probs = logits.softmax(-1)  # (b, n, V)
+    confidence, prediction = probs.max(-1)
+    return confidence, prediction
+
+
+def commit_step(
+    policy: Policy,
+    logits: Tensor,
+    z: Tensor,
+    *,
+    mask_token_id: int,
+    maskable: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One unmasking decision: returns (commit (b, n) bool, predicted tokens (b, n)).
+
+    Candidates are positions of ``z`` (b, n) equal to the mask token (and ``maskable`` where given).
+    ``logits`` (b, n, V) must already be aligned with ``z`` (token shift applied by the caller).
+    """
+    if logits.shape[:2] != z.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not line up with tokens {tuple(z.shape)}")
+    candidates = z == mask_token_id
+    if maskable is not None:
+        candidates = candidates & maskable
+    confidence, prediction = confidence_and_prediction(logits, mask_token_id=mask_token_id)
+    commit = policy(confidence, candidates, generator)
+    if bool((commit & ~candidates).any()):
+        raise RuntimeError(f"{policy!r} committed a position that was not a candidate")
+    if bool((candidates.any(-1) & ~commit.any(-1)).any()):
+        raise RuntimeError(f"{policy!r} committed nothing in a row that still has masked positions; it would stall")
+    return commit, prediction
