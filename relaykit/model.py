@@ -76,7 +76,7 @@ class _Call:
     kwargs: dict[str, Any]
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
-    frozen: Tensor | None = None  # (b, q) bool: stored as committed context, relay-free (Adapter.frozen_positions)
+    bare: Tensor | None = None  # (b, q) bool: fed positions that get no relay (Adapter.bare_positions)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -247,15 +247,15 @@ class RelayModel(nn.Module):
         ids = self.adapter.embedding_input_ids(args, {})  # (b, q)
         _check_cache_batch(self.adapter.cache_of(call.kwargs), ids.shape[0])
         positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
-        frozen = self.adapter.frozen_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
-        call.ids, call.positions, call.frozen = ids, positions, frozen
+        bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        call.ids, call.positions, call.bare = ids, positions, bare
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
         state.check_batch(ids.shape[0])
         state = slot.state = state.extend(int(positions.max()) + 1) if positions.numel() else state
         hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
-        use = filled & ~frozen  # relay where a state exists, never on committed context being stored
+        use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
         if not bool(use.any()):
             return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
@@ -282,8 +282,6 @@ class RelayModel(nn.Module):
                 f"subset of positions, e.g. logits_to_keep? relay needs all of them)"
             )
         where = ids == self.mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)
-        if call.frozen is not None:
-            where = where & ~call.frozen
         state = slot.state
         if state is None:
             end = int(positions.max()) + 1 if positions.numel() else 0
