@@ -76,6 +76,8 @@ class Runner:
         self.block_logits: Tensor | None = None  # (b, B + 1, V) raw logits at positions s-1 .. e-1
         self.block: Span | None = None
         self.last_state: RelayState | None = None
+        self.last_fed: Span = (0, 0)  # positions fed by the last relay call
+        self.refreshed = False
         self._tail_pos = -1
 
     # ------------------------------------------------------------------ the call plumbing
@@ -113,6 +115,7 @@ class Runner:
         if relay_on:
             out = self.relay(ids, state=state, **backbone_kwargs)
             self._check_positions(out.positions, start, stop)
+            self.last_fed = (start, stop)
         else:
             with self.relay.disabled():
                 out = self.relay(ids, **backbone_kwargs)
@@ -319,7 +322,7 @@ class SubBlockCache(Runner):
         mask_id = self.relay.mask_token_id
         if not self.block_ready or bool((x[:, a] == mask_id).any()):
             self.cache = self.adapter.crop_cache(self.cache, s)
-            self.call(x, "block", s, e, state=window)
+            self.call(x, "block", s, e, state=window, store=True)  # keeps the block's keys: the block cache
             self.block_ready = True
         else:
             self.call(x, "sub_block", a, b, state=window, replaced=(a, b))
