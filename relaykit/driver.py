@@ -267,6 +267,8 @@ class PersistentRollout:
             self.samples_drawn += int(rows.numel())
             if self._state is not None:
                 self._state = self._state.reset(rows)
+        elif refill is not None:
+            self.discarded += int(as_batch(refill)[0].shape[0])  # no row needed a sample this step
         res = bptt_rollout(
             self.relay,
             self._x0,
