@@ -13,7 +13,7 @@ from tiny import MASK_ID
 from torch import nn
 
 from relaykit import METHODS, PersistentRollout, RelayModel, RelayState
-from relaykit.policies import RandomK, TopK
+from relaykit.policies import Oracle, RandomK, TopK
 
 
 class Spy(nn.Module):
@@ -157,3 +157,28 @@ def test_resume_refuses_another_configuration() -> None:
     with pytest.raises(RuntimeError, match="resuming needs to skip 2 data items already read, but the data has only 1"):
         for _ in range(6):  # rows of 6 positions, >= 2 commits per window: a row needs a new sample by then
             short.step()
+
+
+def test_a_per_sample_oracle_order_travels_with_its_sample() -> None:
+    relay = tiny_relay()
+    n = 6
+    items = []
+    for s in range(3):
+        x0, _ = batch(2, n, seed=s)
+        maskable = torch.ones(2, n, dtype=torch.bool)
+        order = torch.stack([torch.arange(n), torch.arange(n).flip(0)]).float()  # left-to-right, right-to-left
+        items.append({"x0": x0, "maskable": maskable, "order": order})
+    driver = PersistentRollout(relay, items, policy=Oracle(torch.zeros(2, n), k=1), k=2)
+    res = driver.step()
+    unmasked = res.z != MASK_ID
+    assert unmasked[0].tolist() == [True, True, False, False, False, False]
+    assert unmasked[1].tolist() == [False, False, False, False, True, True]
+    saved = driver.state_dict()
+    assert torch.equal(saved["rows"]["order"], items[0]["order"])
+    fresh = PersistentRollout(relay, items, policy=Oracle(torch.zeros(2, n), k=1), k=2)
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.step().z, driver.step().z)
+    mixed = PersistentRollout(relay, [items[0], batch(2, n)], policy=TopK(n), k=1)
+    mixed.step()
+    with pytest.raises(ValueError, match="either every sample carries an 'order' or none does"):
+        mixed.step()
