@@ -80,12 +80,15 @@ def build(args: argparse.Namespace) -> RelayModel:
     relay.train()
     with torch.no_grad():
         relay.channel.proj.weight.normal_(0.0, 0.02)
-    if args.frozen:
-        for p in relay.backbone.parameters():
-            p.requires_grad_(False)
-        for p in relay.relay_parameters():
-            p.requires_grad_(True)
     return relay.to(args.device)
+
+
+def freeze_backbone(relay: RelayModel, frozen: bool) -> None:
+    """Train the relay channel only (frozen) or everything."""
+    for p in relay.backbone.parameters():
+        p.requires_grad_(not frozen)
+    for p in relay.relay_parameters():
+        p.requires_grad_(True)
 
 
 def batch(args: argparse.Namespace, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Peak]:
     relay = build(args)
     results: dict[str, Peak] = {}
     for name, step in micro_steps(relay, args).items():
+        # --frozen: relay trains its channel only; plain MLM (which has nothing else to train) stays full SFT
+        freeze_backbone(relay, args.frozen and name.startswith("Relay"))
         relay.zero_grad(set_to_none=True)
         results[name] = measure(step, static=[*relay.parameters(), *relay.buffers()], device=args.device)
     relay.zero_grad(set_to_none=True)
@@ -161,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="B: relay runs at B, plain MLM at B and 2B")
     p.add_argument("--k", type=int, default=2, help="relay window K")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
-    p.add_argument("--frozen", action="store_true", help="freeze the backbone, train the relay channel only")
+    p.add_argument("--frozen", action="store_true", help="relay trains its channel only (plain MLM stays full SFT)")
     p.add_argument("--checkpointing", action="store_true", help="HF per-layer gradient checkpointing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
@@ -181,7 +186,7 @@ def report(results: dict[str, Peak], args: argparse.Namespace) -> None:
     mib = 2.0**20
     first = next(iter(results.values()))
     print(f"peak memory of one training micro-step ({args.backbone}, width {args.width}, {args.layers} layers, "
-          f"vocab {args.vocab}, length {args.length}, {args.dtype}{', frozen' if args.frozen else ''}"
+          f"vocab {args.vocab}, length {args.length}, {args.dtype}{', relay frozen backbone' if args.frozen else ''}"
           f"{', checkpointing' if args.checkpointing else ''}; {first.method}, {args.device})")  # fmt: skip
     print(f"{'':32} {'peak MiB':>10} {'of which static':>16} {'saved for bwd':>14}")
     for name, peak in results.items():
