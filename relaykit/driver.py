@@ -24,7 +24,8 @@ Example::
     torch.save({"driver": driver.state_dict(), "model": ..., "opt": ...}, "ckpt.pt")
 
 Data items may be a pair ``(x0, maskable)`` or a dict with ``"x0"`` (or ``"input_ids"``) and ``"maskable"``,
-each either one sample (n,) or a batch (b', n) of any size.
+each either one sample (n,) or a batch (b', n) of any size. A third entry / an ``"order"`` key gives each sample
+its own unmasking order, used when the policy is an :class:`~relaykit.policies.Oracle` (e.g. a solver's order).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from relaykit.attach import attach
 from relaykit.bench._peak import Peak, measure
 from relaykit.model import RelayModel
 from relaykit.policies import TopK
-from relaykit.rollout import bptt_rollout, initial_z
+from relaykit.rollout import _step_loss_terms, bptt_rollout, initial_z
 
 
 class Encoder(nn.Module):
@@ -118,10 +118,13 @@ def micro_steps(relay: RelayModel, args: argparse.Namespace) -> dict[str, Callab
         warm = bptt_rollout(relay, x_b, maskable=m_b, k=1, z=z_b, policy=policy)
 
     def mlm(x0: torch.Tensor, maskable: torch.Tensor, z: torch.Tensor) -> Callable[[], None]:
-        def run() -> None:
-            with autocast():
-                res = bptt_rollout(relay, x0, maskable=maskable, k=1, z=z, relay_enabled=False, policy=policy)
-            res.loss.backward()
+        def run() -> None:  # plain masked-LM: one bare forward, CE on the masked positions, backward; no commit
+            with autocast(), relay.disabled():
+                logits = relay(z).logits  # (b, n, V)
+                num, den = _step_loss_terms(logits, x0, (z == relay.mask_token_id) & maskable, maskable,
+                                            loss="mean", token_shift=relay.adapter.token_shift)  # fmt: skip
+                del logits
+            (num / den).backward()
 
         return run
 
