@@ -75,6 +75,8 @@ class _Call:
     kwargs: dict[str, Any]
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
+    columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
+    module: nn.Module | None = None  # the call module
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,6 +187,11 @@ class RelayModel(nn.Module):
         return self._attached
 
     @property
+    def active(self) -> bool:
+        """Whether a relay call or session is open and relay is not disabled (the next forward adds R(h))."""
+        return self._active() is not None
+
+    @property
     def channel(self) -> RelayChannel:
         """The relay channel R (still readable after detach, e.g. to save it)."""
         return self._channel
@@ -212,7 +219,7 @@ class RelayModel(nn.Module):
                 "update='all' writes h at committed positions, which would make a KV cache stale; use "
                 "update='masked' (the default) whenever the backbone is called with a cache"
             )
-        self._call = _Call(args, kwargs)
+        self._call = _Call(args, kwargs, module=module)
         return None
 
     def _on_call_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -228,9 +235,13 @@ class RelayModel(nn.Module):
                 "relay is active but the backbone was not called through its __call__ (the pre-hook on the "
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
-        ids = self.adapter.embedding_input_ids(args, {})  # (b, q)
-        positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
-        call.ids, call.positions = ids, positions
+        ids = self.adapter.embedding_input_ids(args, {})  # (b, q) as fed
+        positions = self.adapter.call_positions(ids, call.args, call.kwargs, module=call.module)  # (b, q)
+        columns = self.adapter.relay_columns(ids, call.args, call.kwargs, module=call.module)
+        if columns is not None:  # e.g. the noisy half of [x_t ; x_0]: the rest is relay-free context
+            columns = slice(*columns.indices(ids.shape[1]))
+            ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
+        call.ids, call.positions, call.columns = ids, positions, columns
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
@@ -239,7 +250,10 @@ class RelayModel(nn.Module):
         hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
         delta = self._channel(hidden)  # (b, q, e)
         delta = torch.where(filled.unsqueeze(-1), delta, torch.zeros_like(delta))  # no relay where no state
-        return output + delta.to(output.dtype)
+        if columns is None:
+            return output + delta.to(output.dtype)
+        a, b = columns.start, columns.stop
+        return torch.cat([output[:, :a], output[:, a:b] + delta.to(output.dtype), output[:, b:]], dim=1)
 
     def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         hidden = output if isinstance(output, Tensor) else output[0]
@@ -254,6 +268,8 @@ class RelayModel(nn.Module):
         if slot is None or call is None or call.positions is None or call.ids is None:
             return
         positions, ids = call.positions, call.ids
+        if call.columns is not None and hidden.dim() == 3:
+            hidden = hidden[:, call.columns]  # (b, q', d)
         if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
             raise ValueError(
                 f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "
@@ -276,23 +292,27 @@ class RelayModel(nn.Module):
         state: RelayState | None = None,
         *,
         update: Update | None = None,
+        clean_ids: Tensor | None = None,
         **backbone_kwargs: Any,
     ) -> RelayOutput:
         """One relay forward: ``input_ids`` (b, q) with h from ``state`` (None: h = 0); returns logits and new state.
 
         Extra keyword arguments go to the backbone unchanged (caches, timesteps, attention masks ...).
+        ``clean_ids`` (b, q) feeds a block-diffusion family's ``[x_t ; x_0]`` training layout (adapters with
+        whose ``clean_layout(backbone)`` is true): relay runs on the noisy half only and the logits cover it.
         """
         self._require_attached()
         self._check_ids(input_ids)
         if state is not None and not isinstance(state, RelayState):
             raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+        run = self.adapter.call_backbone
         if self._disabled:
-            output = self.backbone(input_ids, **backbone_kwargs)
+            output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
             return RelayOutput(self.adapter.logits(output), state, output)
         slot = _Slot(state=state, update=_check_update(update or self.update))
         self._slots.append(slot)
         try:
-            output = self.backbone(input_ids, **backbone_kwargs)
+            output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
         finally:
             self._slots.pop()
             self._call = None
