@@ -86,22 +86,18 @@ class FastDLLMv2Adapter(Adapter):
         labels = kwargs.get("labels")
         return isinstance(labels, Tensor) and input_ids.shape[1] == 2 * labels.shape[-1]
 
-    def call_positions(
-        self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, module: nn.Module | None = None
-    ) -> Tensor:
+    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         b, q = input_ids.shape
         if self._training_layout(input_ids, kwargs):  # [x_t ; x_0]: both halves at 0 .. L-1
             half = torch.arange(q // 2, device=input_ids.device)
             return torch.cat([half, half]).expand(b, q)
-        start = super().call_positions(input_ids, args, kwargs, module=module)[:, :1]  # (b, 1): cache_len
+        start = super().call_positions(input_ids, args, kwargs)[:, :1]  # (b, 1): cache_len
         replace = kwargs.get("replace_position")
         if kwargs.get("use_block_cache") and replace is not None:
             start = start + int(replace)  # sub-block inside the cached block
         return start + torch.arange(q, device=input_ids.device)
 
-    def relay_columns(
-        self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, module: nn.Module | None = None
-    ) -> slice | None:
+    def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
         if self._training_layout(input_ids, kwargs):
             return slice(0, input_ids.shape[1] // 2)  # the noisy half x_t
         return None

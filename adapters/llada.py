@@ -93,12 +93,10 @@ class LLaDAAdapter(Adapter):
         return bool(value) if value is not None else super().tied(model)
 
     # --------------------------------------------------------------- per-call behaviour
-    def call_positions(
-        self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, module: nn.Module | None = None
-    ) -> Tensor:
+    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         replace = kwargs.get("replace_position")
         if replace is None:
-            return super().call_positions(input_ids, args, kwargs, module=module)  # full forward or prefix cache
+            return super().call_positions(input_ids, args, kwargs)  # full forward or prefix cache
         b, q = input_ids.shape
         if not isinstance(replace, Tensor) or replace.dim() != 2 or replace.shape[0] != b:
             got = tuple(replace.shape) if isinstance(replace, Tensor) else type(replace).__name__

@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -122,21 +123,24 @@ class MDLMAdapter(Adapter):
         return int(config.block_size), int(config.model_length)
 
     # --------------------------------------------------------------- per-call behaviour
-    def call_positions(
-        self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, module: nn.Module | None = None
-    ) -> Tensor:
+    def bind(self, model: nn.Module) -> None:
+        self._bound = weakref.ref(model)  # BD3-LM keeps its cache length on its block modules
+
+    def _model(self) -> nn.Module | None:
+        bound = getattr(self, "_bound", None)
+        return bound() if bound is not None else None
+
+    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         b, q = input_ids.shape
-        start = 0
-        if module is not None and kwargs.get("sample_mode") and _root(module) is not None:
-            first = self._dit(module).blocks[0]
+        start, model = 0, self._model()
+        if model is not None and kwargs.get("sample_mode"):
+            first = self._dit(model).blocks[0]
             if getattr(first, "kv_cache", None) is not None:
                 start = int(first.cache_idx)  # the active block sits after the committed ones
         return (start + torch.arange(q, device=input_ids.device)).expand(b, q)
 
-    def relay_columns(
-        self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, module: nn.Module | None = None
-    ) -> slice | None:
-        bd = self._block_diffusion(module)
+    def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
+        bd = self._block_diffusion(self._model())
         if bd is None:
             return None
         q = input_ids.shape[1]

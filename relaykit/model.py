@@ -38,6 +38,7 @@ from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
 from relaykit.channel import RelayChannel
+from relaykit.kvcache import cache_batch_size
 from relaykit.state import RelayState
 
 if TYPE_CHECKING:
@@ -76,8 +77,17 @@ class _Call:
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
     columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
-    module: nn.Module | None = None  # the call module
+    frozen: Tensor | None = None  # (b, q) bool: stored as committed context, relay-free (Adapter.frozen_positions)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_cache_batch(cache: Any, batch: int) -> None:
+    rows = cache_batch_size(cache)
+    if rows is not None and rows != batch:
+        raise ValueError(
+            f"the KV cache passed to this call holds {rows} rows but the input has {batch}: it comes from another "
+            f"batch; build the cache from this batch (or select its rows) before calling"
+        )
 
 
 def _check_update(update: str) -> Update:
@@ -153,6 +163,7 @@ class RelayModel(nn.Module):
                 f"{type(backbone).__name__} already has a relay attached (attribute {CHANNEL_ATTR!r}); call "
                 f"relay.detach() on the existing RelayModel first"
             )
+        self.adapter.bind(backbone)
         emb = self.adapter.embedding(backbone)
         final, side = self.adapter.final_hidden(backbone)
         call = self.adapter.call_module(backbone)
@@ -192,6 +203,11 @@ class RelayModel(nn.Module):
         return self._active() is not None
 
     @property
+    def enabled(self) -> bool:
+        """False inside ``relay.disabled()``: calls then run the bare backbone."""
+        return not self._disabled
+
+    @property
     def channel(self) -> RelayChannel:
         """The relay channel R (still readable after detach, e.g. to save it)."""
         return self._channel
@@ -219,7 +235,7 @@ class RelayModel(nn.Module):
                 "update='all' writes h at committed positions, which would make a KV cache stale; use "
                 "update='masked' (the default) whenever the backbone is called with a cache"
             )
-        self._call = _Call(args, kwargs, module=module)
+        self._call = _Call(args, kwargs)
         return None
 
     def _on_call_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -236,20 +252,27 @@ class RelayModel(nn.Module):
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
         ids = self.adapter.embedding_input_ids(args, {})  # (b, q) as fed
-        positions = self.adapter.call_positions(ids, call.args, call.kwargs, module=call.module)  # (b, q)
-        columns = self.adapter.relay_columns(ids, call.args, call.kwargs, module=call.module)
+        _check_cache_batch(self.adapter.cache_of(call.kwargs), ids.shape[0])
+        positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
+        columns = self.adapter.relay_columns(ids, call.args, call.kwargs)
         if columns is not None:  # e.g. the noisy half of [x_t ; x_0]: the rest is relay-free context
             columns = slice(*columns.indices(ids.shape[1]))
             ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
-        call.ids, call.positions, call.columns = ids, positions, columns
+        frozen = self.adapter.frozen_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        if slot.update == "all":  # cache-free by construction (a cache is refused): nothing is stored as context
+            frozen = torch.zeros_like(frozen)
+        call.ids, call.positions, call.columns, call.frozen = ids, positions, columns, frozen
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
         state.check_batch(ids.shape[0])
         state = slot.state = state.extend(int(positions.max()) + 1) if positions.numel() else state
         hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
+        use = filled & ~frozen  # relay where a state exists, never on committed context being stored
+        if not bool(use.any()):
+            return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
-        delta = torch.where(filled.unsqueeze(-1), delta, torch.zeros_like(delta))  # no relay where no state
+        delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
         if columns is None:
             return output + delta.to(output.dtype)
         a, b = columns.start, columns.stop
@@ -277,6 +300,8 @@ class RelayModel(nn.Module):
                 f"subset of positions, e.g. logits_to_keep? relay needs all of them)"
             )
         where = ids == self.mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)
+        if call.frozen is not None:
+            where = where & ~call.frozen
         state = slot.state
         if state is None:
             end = int(positions.max()) + 1 if positions.numel() else 0
