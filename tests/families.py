@@ -68,8 +68,8 @@ def random_ids(family: Family, b: int, n: int, *, seed: int, mask_fraction: floa
 
 
 def randomise_channel(relay: Any, *, seed: int = 0, std: float = 0.5) -> None:
-    """Give the (zero-initialised) channel random weights so relay changes the logits."""
+    """Give the (zero-initialised) channel seeded random weights so relay changes the logits."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in relay.channel.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std)
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std)
