@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from relaykit import RelayModel, RelayState
+from relaykit.kvcache import cache_length
 from relaykit.model import RelaySession
 
 
@@ -26,6 +27,7 @@ class Call:
     before: RelayState | None
     after: RelayState | None = None
     output: Any = None
+    cache_len: int = 0  # positions held by past_key_values when the call was made (caches grow in place)
 
 
 class Recorder:
@@ -51,14 +53,15 @@ class Recorder:
             handle.remove()
 
     def _pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._pending = {"kwargs": dict(kwargs), "before": self.session.state}
+        held = cache_length(kwargs.get("past_key_values"))
+        self._pending = {"kwargs": dict(kwargs), "before": self.session.state, "cache_len": held}
 
     def _embedding(self, module: Any, args: tuple[Any, ...], output: Tensor) -> None:
         self._pending["ids"] = args[0].clone()
 
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         p = self._pending
-        self.calls.append(Call(p["ids"], p["kwargs"], p["before"], self.session.state, output))
+        self.calls.append(Call(p["ids"], p["kwargs"], p["before"], self.session.state, output, p["cache_len"]))
 
 
 def _dense(state: RelayState | None, b: int, n: int, d: int) -> tuple[Tensor, Tensor]:
