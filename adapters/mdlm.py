@@ -84,8 +84,7 @@ class MDLMAdapter(Adapter):
 
     def _dit(self, model: nn.Module) -> nn.Module:
         """The module holding the DiT children: the model itself (DIT) or its ``backbone`` (HF wrappers)."""
-        prefix = self._prefix(model)
-        return resolve_module(model, prefix[:-1], role="backbone") if prefix else model
+        return model.backbone if self._prefix(model) else model
 
     def embedding(self, model: nn.Module) -> nn.Module:
         return resolve_module(model, f"{self._prefix(model)}vocab_embed", role="embedding")
@@ -113,10 +112,8 @@ class MDLMAdapter(Adapter):
         return False  # vocab_embed and output_layer.linear never share weights
 
     # --------------------------------------------------------------- BD3-LM specifics
-    def _block_diffusion(self, model: nn.Module | None) -> tuple[int, int] | None:
+    def _block_diffusion(self, model: nn.Module) -> tuple[int, int] | None:
         """(block_size, model_length) of a BD3-LM with the [x_t ; x_0] layout (``cross_attn``); None for MDLM."""
-        if model is None or _root(model) is None:
-            return None
         config = getattr(self._dit(model), "config", None)
         if not getattr(config, "cross_attn", False):
             return None
@@ -124,29 +121,27 @@ class MDLMAdapter(Adapter):
 
     # --------------------------------------------------------------- per-call behaviour
     def bind(self, model: nn.Module) -> None:
-        self._bound = weakref.ref(model)  # BD3-LM keeps its cache length on its block modules
-
-    def _model(self) -> nn.Module | None:
-        bound = getattr(self, "_bound", None)
-        return bound() if bound is not None else None
+        """Remember the DiT's first block (BD3-LM keeps its cache length there) and its block layout."""
+        blocks = getattr(self._dit(model), "blocks", None)
+        self._first_block = weakref.ref(blocks[0]) if blocks is not None and len(blocks) else None
+        self._layout = self._block_diffusion(model)
 
     def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         b, q = input_ids.shape
-        start, model = 0, self._model()
-        if model is not None and kwargs.get("sample_mode"):
-            first = self._dit(model).blocks[0]
-            if getattr(first, "kv_cache", None) is not None:
-                start = int(first.cache_idx)  # the active block sits after the committed ones
+        start = 0
+        first = self._first_block() if getattr(self, "_first_block", None) is not None else None
+        if kwargs.get("sample_mode") and getattr(first, "kv_cache", None) is not None:
+            start = int(first.cache_idx)  # the active block sits after the committed ones
         return (start + torch.arange(q, device=input_ids.device)).expand(b, q)
 
     def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
-        bd = self._block_diffusion(self._model())
-        if bd is None:
+        layout = getattr(self, "_layout", None)
+        if layout is None:
             return None
         q = input_ids.shape[1]
         if not kwargs.get("sample_mode"):
             return slice(0, q // 2)  # training: the noisy half of [x_t ; x_0]
-        return slice(max(q - bd[0], 0), q)  # sampling: the active (last) block, all of it with a cache
+        return slice(max(q - layout[0], 0), q)  # sampling: the active (last) block, all of it with a cache
 
     def frozen_positions(
         self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int

@@ -28,13 +28,14 @@ class Call:
     after: RelayState | None = None
     output: Any = None
     cache_len: int = 0  # positions held by past_key_values when the call was made (caches grow in place)
+    extra: Any = None  # what the recorder's ``snapshot()`` returned before the call (e.g. BD3-LM's cache_idx)
 
 
 class Recorder:
     """Context manager recording the calls of ``relay``'s backbone made while ``session`` is open."""
 
-    def __init__(self, relay: RelayModel, session: RelaySession) -> None:
-        self.relay, self.session = relay, session
+    def __init__(self, relay: RelayModel, session: RelaySession, snapshot: Callable[[], Any] | None = None) -> None:
+        self.relay, self.session, self.snapshot = relay, session, snapshot
         self.calls: list[Call] = []
         self._pending: dict[str, Any] = {}
 
@@ -54,14 +55,16 @@ class Recorder:
 
     def _pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         held = cache_length(kwargs.get("past_key_values"))
-        self._pending = {"kwargs": dict(kwargs), "before": self.session.state, "cache_len": held}
+        extra = self.snapshot() if self.snapshot is not None else None
+        self._pending = {"kwargs": dict(kwargs), "before": self.session.state, "cache_len": held, "extra": extra}
 
     def _embedding(self, module: Any, args: tuple[Any, ...], output: Tensor) -> None:
         self._pending["ids"] = args[0].clone()
 
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         p = self._pending
-        self.calls.append(Call(p["ids"], p["kwargs"], p["before"], self.session.state, output, p["cache_len"]))
+        after = self.session.state
+        self.calls.append(Call(p["ids"], p["kwargs"], p["before"], after, output, p["cache_len"], p["extra"]))
 
 
 def _dense(state: RelayState | None, b: int, n: int, d: int) -> tuple[Tensor, Tensor]:
