@@ -102,10 +102,11 @@ class FastDLLMv2Adapter(Adapter):
             return slice(0, input_ids.shape[1] // 2)  # the noisy half x_t
         return None
 
-    def frozen_positions(
+    def bare_positions(
         self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
     ) -> Tensor:
-        """Commit and prefill passes (``update_past_key_values=True``) store committed blocks: all relay-free."""
+        """Commit and prefill passes (``update_past_key_values=True``) store committed blocks: all relay-free.
+        Every other call takes relay wherever a state exists."""
         return torch.full_like(input_ids, bool(kwargs.get("update_past_key_values")), dtype=torch.bool)
 
     def clean_layout(self, model: nn.Module) -> bool:

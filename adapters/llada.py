@@ -16,9 +16,9 @@ Absolute positions of a call (Fast-dLLM v1, ``v1/llada/generate.py``):
 * prefix cache, ``model(x[:, s:], past_key_values=prefix)``: ``len(prefix) .. len(prefix) + q - 1``;
 * dual cache, ``model(x[:, s:e], past_key_values=full, replace_position=r)``: the True columns of ``r`` (b, L).
 
-A refresh call (``use_cache=True`` and no ``past_key_values``) stores the committed context it is fed: relay adds
-nothing at its unmasked positions and writes no h there (the cached prefix is relay-free, contract 4), while the
-still-masked positions take part as in any step.
+A refresh call (``use_cache=True`` and no ``past_key_values``, the full forward that refills the cache at each
+block) runs relay-free: with bidirectional attention any relay would leak into every key it caches (contract 4).
+It still writes h at its masked positions, like any step.
 
 Example::
 
@@ -110,13 +110,14 @@ class LLaDAAdapter(Adapter):
         cols = torch.arange(replace.shape[1], device=replace.device).expand(b, -1)  # (b, L)
         return cols[replace.bool()].view(b, q).to(input_ids.device)  # True columns, in order
 
-    def frozen_positions(
+    def bare_positions(
         self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
     ) -> Tensor:
-        """A refresh (``use_cache=True``, no cache given) stores its committed context: unmasked positions."""
+        """A refresh (``use_cache=True``, no cache given) is relay-free: with bidirectional attention any relay
+        would leak into every key it caches. h is still written at its masked positions."""
         if kwargs.get("use_cache") and kwargs.get("past_key_values") is None:
-            return input_ids != mask_token_id
-        return ~(input_ids == mask_token_id).any(-1, keepdim=True).expand_as(input_ids)
+            return torch.ones_like(input_ids, dtype=torch.bool)
+        return super().bare_positions(input_ids, positions, args, kwargs, mask_token_id=mask_token_id)
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "mask_token_id": self.mask_override}

@@ -143,13 +143,12 @@ class MDLMAdapter(Adapter):
             return slice(0, q // 2)  # training: the noisy half of [x_t ; x_0]
         return slice(max(q - layout[0], 0), q)  # sampling: the active (last) block, all of it with a cache
 
-    def frozen_positions(
+    def bare_positions(
         self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
     ) -> Tensor:
-        """BD3-LM's commit pass (``store_kv=True``) stores a finished block: relay-free."""
-        if kwargs.get("store_kv"):
-            return torch.ones_like(input_ids, dtype=torch.bool)
-        return ~(input_ids == mask_token_id).any(-1, keepdim=True).expand_as(input_ids)
+        """BD3-LM's commit pass (``store_kv=True``) stores a finished block: relay-free. MDLM has no cache to
+        protect, so every other call takes relay wherever a state exists."""
+        return torch.full_like(input_ids, bool(kwargs.get("store_kv")), dtype=torch.bool)
 
     def clean_layout(self, model: nn.Module) -> bool:
         return self._block_diffusion(model) is not None  # BD3-LM with cross_attn

@@ -206,14 +206,16 @@ class Adapter:
         past = cache_length(self.cache_of(kwargs))
         return (past + torch.arange(q, device=input_ids.device)).unsqueeze(0).expand(b, q)
 
-    def frozen_positions(
+    def bare_positions(
         self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
     ) -> Tensor:
-        """Fed positions (b, q) bool that this call stores as committed context: relay-free, h not written.
+        """Fed positions (b, q) bool that get the bare embedding (no relay) in this call.
 
-        Default: every position of a row that feeds no mask token (a prefill or a relay-free commit pass, as
-        Fast-dLLM v2's ``update_past_key_values=True`` or BD3-LM's ``store_kv`` pass), so that the cached keys and
-        values of committed blocks equal the bare backbone's (contract 4).
+        These are the relay-free cache passes, which store committed context so that its cached keys and values
+        equal the bare backbone's (contract 4). Default: every position of a row that feeds no mask token (a
+        prompt prefill, or a commit pass such as Fast-dLLM v2's ``update_past_key_values=True`` or BD3-LM's
+        ``store_kv``). h is still written by the masked-only rule, so a clean row writes none. Override e.g. to
+        make a Fast-dLLM v1 refresh (the full forward that refills the cache) relay-free.
         """
         clean = ~(input_ids == mask_token_id).any(-1, keepdim=True)  # (b, 1)
         return clean.expand_as(input_ids)

@@ -5,10 +5,14 @@ Legend: b batch, T canvas length, B block length, V vocabulary.
 A runner owns the backbone's cache and turns "decode inside block s..e-1" into backbone calls built by the
 adapter (``Adapter.decode_kwargs``). The relay rules that keep caches valid live here:
 
-* the relay rollout runs only inside the active block: the state handed in and returned is the block's window,
-  positions outside it never get relay and never get h written (contracts 2, 3);
-* every pass that stores committed context in the cache (prompt prefill, commit pass) runs with the relay
-  disabled, so cached keys and values equal the bare backbone's (contract 4);
+* block-causal backbones (Fast-dLLM v2, BD3-LM): the relay rollout runs only inside the active block. The state
+  handed in and returned is the block's window (a new block starts from h = 0); earlier blocks never get relay
+  and nothing outside the block gets h written (contracts 2, 3);
+* bidirectional backbones (LLaDA, MDLM): the state covers the whole canvas, as the backbone's own loop run inside
+  ``relay.session()`` would have it: h is written wherever a masked position is fed and carried across blocks;
+* every pass that stores context in the cache (prompt prefill, commit pass, Fast-dLLM v1 refresh) runs
+  relay-free, so cached keys and values equal the bare backbone's (contract 4); the refresh, which is also the
+  block's first step, still records h at the masked positions;
 * each call's absolute positions come from the adapter (``call_positions``, through the relay hook) and are
   checked against the positions the runner fed.
 
@@ -145,11 +149,13 @@ class Runner:
         s, e = self.block
         return self.block_logits[:, 1 - self.shift : 1 - self.shift + (e - s)]
 
-    def window(self, state: RelayState | None, block: Span) -> RelayState | None:
-        """The active block's part of a state returned by the relay (None stays None)."""
+    def window(self, state: RelayState | None, block: Span, total: int) -> RelayState | None:
+        """What the relay returned, cut to the extent the runner keeps: the block (block-causal) or the canvas."""
         if state is None:
             return None
-        return state.extend(block[1]).window(*block)
+        if self.attention == "block_causal":
+            return state.extend(block[1]).window(*block)
+        return state.extend(total)
 
     # ------------------------------------------------------------------ the protocol generate() drives
     def prepare(self, x: Tensor, canvas_start: int) -> int:
@@ -191,6 +197,18 @@ def _embed(window: RelayState | None, stop: int) -> RelayState | None:
     return full.write(window.positions, window.hidden, where=window.filled)
 
 
+def _merge(before: RelayState | None, after: RelayState | None, written: Tensor) -> RelayState | None:
+    """``after`` where ``written`` (b, n) is True, ``before`` elsewhere (states covering 0 .. n-1)."""
+    if before is None or after is None:
+        return after
+    n = max(before.end, after.end)
+    before, after = before.extend(n), after.extend(n)
+    written = written[:, :n]
+    hidden = torch.where(written.unsqueeze(-1), after.hidden, before.hidden)  # (b, n, d)
+    filled = torch.where(written, after.filled, before.filled)  # (b, n)
+    return RelayState(hidden, filled, 0)
+
+
 class Recompute(Runner):
     """No cache: every step feeds the whole sequence (bidirectional) or everything up to the block's end
     (block-causal, under a block-causal mask). The reference the exact cache is compared with."""
@@ -198,9 +216,12 @@ class Recompute(Runner):
     mode = "none"
 
     def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
-        stop = block[1] if self.attention == "block_causal" else x.shape[1]
-        self.call(x, "step", 0, stop, state=_embed(window, stop))
-        return self.aligned(), self.window(self.last_state, block)
+        total = x.shape[1]
+        if self.attention == "block_causal":
+            self.call(x, "step", 0, block[1], state=_embed(window, block[1]))
+        else:
+            self.call(x, "step", 0, total, state=window)
+        return self.aligned(), self.window(self.last_state, block, total)
 
 
 class PrefixCache(Runner):
@@ -232,12 +253,15 @@ class PrefixCache(Runner):
         else:
             self.call(x, "step", s, x.shape[1], state=window)
             self.cache = self.adapter.crop_cache(self.cache, s)
-        return self.aligned(), self.window(self.last_state, block)
+        return self.aligned(), self.window(self.last_state, block, x.shape[1])
 
     def _refresh(self, x: Tensor, block: Span, window: RelayState | None) -> None:
-        """Fast-dLLM v1: a full forward caches every position; relay only inside the block (prefix K/V stay bare)."""
+        """Fast-dLLM v1: a full forward caches every position and is the block's first step. It runs relay-free
+        (h = 0 in, bidirectional attention would carry relay into every cached key otherwise), so the cached
+        keys and values equal the bare backbone's (contract 4); it still writes h at the masked positions."""
         self.cache = None
-        self.call(x, "refresh", 0, x.shape[1], state=_embed(window, x.shape[1]), store=True)
+        self.call(x, "refresh", 0, x.shape[1], state=None, store=True)
+        self.last_state = _merge(window, self.last_state, x == self.relay.mask_token_id)
         self.refreshed = True
 
     def end(self, x: Tensor, block: Span, *, last: bool) -> int:
@@ -270,7 +294,7 @@ class DualCache(PrefixCache):
         else:
             self.call(x, "step", s, e, state=window, replaced=(s, e))
             self.cache = self.adapter.crop_cache(self.cache, x.shape[1])  # drop the appended copy, if any
-        return self.aligned(), self.window(self.last_state, block)
+        return self.aligned(), self.window(self.last_state, block, x.shape[1])
 
     def end(self, x: Tensor, block: Span, *, last: bool) -> int:
         return 0
@@ -300,7 +324,7 @@ class SubBlockCache(Runner):
         else:
             self.call(x, "sub_block", a, b, state=window, replaced=(a, b))
             self.cache = self.adapter.crop_cache(self.cache, e)  # drop the appended copy, if any
-        return self.aligned(), self.window(self.last_state, block)
+        return self.aligned(), self.window(self.last_state, block, x.shape[1])
 
     def end(self, x: Tensor, block: Span, *, last: bool) -> int:
         s, e = block

@@ -5,8 +5,10 @@ Legend: b batch, P prompt length, N new tokens, T = P + N canvas length, B block
 The loop is the backbone's own (LLaDA / Fast-dLLM style) plus one thing: h is forwarded from step to step. A
 step runs the backbone (one NFE), aligns the logits with the tokens (token shift), lets the policy commit some
 still-masked positions and writes their predictions into the canvas. Committed tokens are never re-masked.
-Blocks are decoded left to right; the relay state lives in the active block only (a new block starts from
-h = 0), and with a cache, committed blocks are stored once by a relay-free commit pass (see relaykit.blockrun).
+Blocks are decoded left to right. With a block-causal backbone the relay state lives in the active block only (a
+new block starts from h = 0) and committed blocks are cached once by a relay-free commit pass; with a
+bidirectional one the state covers the canvas, as the backbone's own loop inside ``relay.session()`` would
+have it (see relaykit.blockrun).
 
 Never hangs: every policy commits at least one candidate per step, and the mask token is never predicted (its
 logit is suppressed), so a block with m masked positions takes at most m steps.
@@ -147,7 +149,8 @@ def generate(
         sub_block_size: inside a block, commit sub-blocks of this size left to right (Fast-dLLM v2).
         maskable: (b, P) or (b, T) bool, positions the loop may fill (default: every masked position).
         attention: "bidirectional" or "block_causal"; default the adapter's ``attention``.
-        state: initial relay state covering the canvas (each block starts from its window); default h = 0.
+        state: initial relay state covering the canvas (block-causal: each block starts from its window);
+            default h = 0.
         cache: a :class:`PromptCache` from an earlier call whose tokens start ``input_ids`` (skips their prefill).
         return_trajectory: keep the committed positions of every step (``result.trajectory`` / ``result.order``).
         return_cache: also store the last block and return the cache (exact block caches only).
@@ -197,9 +200,13 @@ def generate(
     trajectory: list[Tensor] | None = [] if return_trajectory else None
     nfe += runner.prepare(x, canvas_start)
     loop_step = 0
+    carried = state  # bidirectional: one state over the canvas, carried across blocks
     for index, (s, e) in enumerate(blocks):
         last = index == len(blocks) - 1
-        window = None if state is None else state.window(s, e)
+        if attention == "block_causal":  # relay lives in the active block: it starts from h = 0 (or its window)
+            window = None if state is None else state.window(s, e)
+        else:
+            window = carried
         runner.begin(x, (s, e))
         for a, c in _sub_blocks(s, e, sub_block_size):
             while True:
@@ -223,6 +230,7 @@ def generate(
                 if callback is not None:
                     callback(loop_step, x.clone())
                 loop_step += 1
+        carried = window
         nfe += runner.end(x, (s, e), last=last and not return_cache)
     out_cache = None
     if return_cache:

@@ -77,7 +77,7 @@ class _Call:
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
     columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
-    frozen: Tensor | None = None  # (b, q) bool: stored as committed context, relay-free (Adapter.frozen_positions)
+    bare: Tensor | None = None  # (b, q) bool: fed positions that get no relay (Adapter.bare_positions)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -258,17 +258,15 @@ class RelayModel(nn.Module):
         if columns is not None:  # e.g. the noisy half of [x_t ; x_0]: the rest is relay-free context
             columns = slice(*columns.indices(ids.shape[1]))
             ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
-        frozen = self.adapter.frozen_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
-        if slot.update == "all":  # cache-free by construction (a cache is refused): nothing is stored as context
-            frozen = torch.zeros_like(frozen)
-        call.ids, call.positions, call.columns, call.frozen = ids, positions, columns, frozen
+        bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        call.ids, call.positions, call.columns, call.bare = ids, positions, columns, bare
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
         state.check_batch(ids.shape[0])
         state = slot.state = state.extend(int(positions.max()) + 1) if positions.numel() else state
         hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
-        use = filled & ~frozen  # relay where a state exists, never on committed context being stored
+        use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
         if not bool(use.any()):
             return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
@@ -300,8 +298,6 @@ class RelayModel(nn.Module):
                 f"subset of positions, e.g. logits_to_keep? relay needs all of them)"
             )
         where = ids == self.mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)
-        if call.frozen is not None:
-            where = where & ~call.frozen
         state = slot.state
         if state is None:
             end = int(positions.max()) + 1 if positions.numel() else 0

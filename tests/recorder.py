@@ -83,13 +83,14 @@ def check_locality(
     positions_of: Callable[[Call], Tensor],
     *,
     mask_id: int,
-    frozen_of: Callable[[Call], Tensor] | None = None,
+    unwritable_of: Callable[[Call], Tensor] | None = None,
 ) -> int:
-    """Contract 2 for every call: h changes only at fed, still-masked, non-frozen positions, and is written there.
+    """Contract 2 for every call: h changes only at fed, still-masked positions, and is written at all of them.
 
     ``positions_of(call)`` gives the absolute positions (b, q') of the fed ids per the upstream loop's semantics;
-    ``frozen_of(call)`` the fed positions stored as relay-free context (commit / prefill passes). Returns the
-    number of positions written, so callers can assert the check was not vacuous.
+    ``unwritable_of(call)`` the fed positions that take no part in relay (outside the adapter's relay columns, e.g.
+    BD3-LM's committed blocks in a cache-free call). Returns the number of positions written, so callers can
+    assert the check was not vacuous.
     """
     written = 0
     for call in calls:
@@ -103,8 +104,8 @@ def check_locality(
         h1, f1 = _dense(call.after, b, n, d)
         may = torch.zeros(b, n, dtype=torch.bool)
         writable = call.ids == mask_id
-        if frozen_of is not None:
-            writable &= ~frozen_of(call)
+        if unwritable_of is not None:
+            writable &= ~unwritable_of(call)
         may.scatter_(1, pos, writable)
         assert torch.equal(h0[~may], h1[~may]) and torch.equal(f0[~may], f1[~may]), "h changed outside the call"
         assert bool(f1[may].all()), "a fed masked position was not written"

@@ -49,10 +49,6 @@ def positions_of(call) -> torch.Tensor:
     return (start + torch.arange(q)).expand(b, q)
 
 
-def frozen_of(call) -> torch.Tensor:
-    return torch.full_like(call.ids, bool(call.kwargs.get("update_past_key_values")), dtype=torch.bool)
-
-
 def _prompt(b: int, n: int, seed: int) -> torch.Tensor:
     return torch.randint(0, MASK - 1, (b, n), generator=torch.Generator().manual_seed(seed))
 
@@ -82,7 +78,7 @@ def test_contracts_2_3_locality_and_committed_positions_frozen(use_block_cache: 
     assert not bool((out == MASK).any())
     if use_block_cache:
         assert any(c.kwargs.get("replace_position") is not None for c in rec.calls)  # sub-block calls happened
-    assert check_locality(rec.calls, positions_of, mask_id=MASK, frozen_of=frozen_of) > 0
+    assert check_locality(rec.calls, positions_of, mask_id=MASK) > 0
     assert check_committed_frozen(rec.calls, positions_of, final, mask_id=MASK) > 0
 
 
