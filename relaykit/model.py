@@ -38,6 +38,7 @@ from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
 from relaykit.channel import RelayChannel
+from relaykit.kvcache import cache_batch_size
 from relaykit.state import RelayState
 
 if TYPE_CHECKING:
@@ -75,7 +76,18 @@ class _Call:
     kwargs: dict[str, Any]
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
+    columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
+    bare: Tensor | None = None  # (b, q) bool: fed positions that get no relay (Adapter.bare_positions)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_cache_batch(cache: Any, batch: int) -> None:
+    rows = cache_batch_size(cache)
+    if rows is not None and rows != batch:
+        raise ValueError(
+            f"the KV cache passed to this call holds {rows} rows but the input has {batch}: it comes from another "
+            f"batch; build the cache from this batch (or select its rows) before calling"
+        )
 
 
 def _check_update(update: str) -> Update:
@@ -151,6 +163,7 @@ class RelayModel(nn.Module):
                 f"{type(backbone).__name__} already has a relay attached (attribute {CHANNEL_ATTR!r}); call "
                 f"relay.detach() on the existing RelayModel first"
             )
+        self.adapter.bind(backbone)
         emb = self.adapter.embedding(backbone)
         final, side = self.adapter.final_hidden(backbone)
         call = self.adapter.call_module(backbone)
@@ -183,6 +196,16 @@ class RelayModel(nn.Module):
     @property
     def attached(self) -> bool:
         return self._attached
+
+    @property
+    def active(self) -> bool:
+        """Whether a relay call or session is open and relay is not disabled (the next forward adds R(h))."""
+        return self._active() is not None
+
+    @property
+    def enabled(self) -> bool:
+        """False inside ``relay.disabled()``: calls then run the bare backbone."""
+        return not self._disabled
 
     @property
     def channel(self) -> RelayChannel:
@@ -228,18 +251,30 @@ class RelayModel(nn.Module):
                 "relay is active but the backbone was not called through its __call__ (the pre-hook on the "
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
-        ids = self.adapter.embedding_input_ids(args, {})  # (b, q)
+        ids = self.adapter.embedding_input_ids(args, {})  # (b, q) as fed
+        _check_cache_batch(self.adapter.cache_of(call.kwargs), ids.shape[0])
         positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
-        call.ids, call.positions = ids, positions
+        columns = self.adapter.relay_columns(ids, call.args, call.kwargs)
+        if columns is not None:  # e.g. the noisy half of [x_t ; x_0]: the rest is relay-free context
+            columns = slice(*columns.indices(ids.shape[1]))
+            ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
+        bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        call.ids, call.positions, call.columns, call.bare = ids, positions, columns, bare
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
         state.check_batch(ids.shape[0])
         state = slot.state = state.extend(int(positions.max()) + 1) if positions.numel() else state
         hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
+        use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
+        if not bool(use.any()):
+            return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
-        delta = torch.where(filled.unsqueeze(-1), delta, torch.zeros_like(delta))  # no relay where no state
-        return output + delta.to(output.dtype)
+        delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
+        if columns is None:
+            return output + delta.to(output.dtype)
+        a, b = columns.start, columns.stop
+        return torch.cat([output[:, :a], output[:, a:b] + delta.to(output.dtype), output[:, b:]], dim=1)
 
     def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         hidden = output if isinstance(output, Tensor) else output[0]
@@ -254,6 +289,8 @@ class RelayModel(nn.Module):
         if slot is None or call is None or call.positions is None or call.ids is None:
             return
         positions, ids = call.positions, call.ids
+        if call.columns is not None and hidden.dim() == 3:
+            hidden = hidden[:, call.columns]  # (b, q', d)
         if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
             raise ValueError(
                 f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "
@@ -276,23 +313,27 @@ class RelayModel(nn.Module):
         state: RelayState | None = None,
         *,
         update: Update | None = None,
+        clean_ids: Tensor | None = None,
         **backbone_kwargs: Any,
     ) -> RelayOutput:
         """One relay forward: ``input_ids`` (b, q) with h from ``state`` (None: h = 0); returns logits and new state.
 
         Extra keyword arguments go to the backbone unchanged (caches, timesteps, attention masks ...).
+        ``clean_ids`` (b, q) feeds a block-diffusion family's ``[x_t ; x_0]`` training layout (adapters with
+        whose ``clean_layout(backbone)`` is true): relay runs on the noisy half only and the logits cover it.
         """
         self._require_attached()
         self._check_ids(input_ids)
         if state is not None and not isinstance(state, RelayState):
             raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+        run = self.adapter.call_backbone
         if self._disabled:
-            output = self.backbone(input_ids, **backbone_kwargs)
+            output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
             return RelayOutput(self.adapter.logits(output), state, output)
         slot = _Slot(state=state, update=_check_update(update or self.update))
         self._slots.append(slot)
         try:
-            output = self.backbone(input_ids, **backbone_kwargs)
+            output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
         finally:
             self._slots.pop()
             self._call = None
