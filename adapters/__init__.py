@@ -1,7 +1,8 @@
 """Backbone adapters, shipped inside the wheel as ``relaykit.adapters``.
 
 ``get_adapter("generic", ...)`` builds one by name; ``register_adapter`` adds a family; ``detect_adapter(model)``
-picks the family of a model from its class or config and falls back to the generic adapter.
+picks the family of a model from its class or config and falls back to the generic adapter. Families: ``llada``
+(LLaDA, Fast-dLLM v1 caches), ``mdlm`` (MDLM DiT, HF MDLM, BD3-LM), ``fast_dllm_v2``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from typing import Any
 from torch import nn
 
 from relaykit.adapter import Adapter
+from relaykit.adapters.fast_dllm_v2 import FastDLLMv2Adapter, is_fast_dllm_v2
 from relaykit.adapters.generic import GenericAdapter
+from relaykit.adapters.llada import LLaDAAdapter, is_llada
+from relaykit.adapters.mdlm import MDLMAdapter, ddpm_cache_valid, is_mdlm
 
 _REGISTRY: dict[str, type[Adapter]] = {"generic": GenericAdapter}
 #: (predicate on the model, adapter name), tried in order by detect_adapter
@@ -27,6 +31,11 @@ def register_adapter(cls: type[Adapter], *, detect: Callable[[nn.Module], bool] 
     if detect is not None:
         _DETECTORS.append((detect, cls.name))
     return cls
+
+
+register_adapter(LLaDAAdapter, detect=is_llada)
+register_adapter(MDLMAdapter, detect=is_mdlm)
+register_adapter(FastDLLMv2Adapter, detect=is_fast_dllm_v2)
 
 
 def available_adapters() -> list[str]:
@@ -59,9 +68,13 @@ def adapter_from_config(config: dict[str, Any]) -> Adapter:
 
 __all__ = [
     "Adapter",
+    "FastDLLMv2Adapter",
     "GenericAdapter",
+    "LLaDAAdapter",
+    "MDLMAdapter",
     "adapter_from_config",
     "available_adapters",
+    "ddpm_cache_valid",
     "detect_adapter",
     "get_adapter",
     "register_adapter",

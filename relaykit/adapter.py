@@ -132,6 +132,10 @@ class Adapter:
     decode_modes: tuple[str, ...] = ("prefix", "dual", "sub_block")
 
     # --------------------------------------------------------------- modules
+    def bind(self, model: nn.Module) -> None:
+        """Called once when relay is attached to ``model``: families that keep per-call bookkeeping on their modules
+        (BD3-LM's cache length) remember the model here. One adapter object serves one attached model."""
+
     def embedding(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__} must implement embedding(model)")
 
@@ -218,6 +222,34 @@ class Adapter:
 
     def uses_cache(self, kwargs: dict[str, Any]) -> bool:
         return self.cache_of(kwargs) is not None
+
+    def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
+        """The columns of this embedding call that take part in relay (relay added, h written); None: all.
+
+        ``input_ids`` (b, q) are the ids the embedding was called with. Block-diffusion families return the noisy
+        half of a ``[x_t ; x_0]`` training input, or the active (last) block of a cache-free sampling call: the
+        other columns are relay-free context, and ``call_positions`` is sliced the same way.
+        """
+        return None
+
+    def clean_layout(self, model: nn.Module) -> bool:
+        """Whether ``model`` trains on a ``[x_t ; x_0]`` input (block diffusion): then pass ``clean_ids=x0``."""
+        return False
+
+    def call_backbone(
+        self, model: nn.Module, input_ids: Tensor, *, clean_ids: Tensor | None = None, **kwargs: Any
+    ) -> Any:
+        """Run the backbone for ``relay(input_ids, ...)``: ``model(input_ids, **kwargs)`` unless overridden.
+
+        ``clean_ids`` (b, q), the clean sequence x_0, asks for the family's ``[x_t ; x_0]`` training layout
+        (where ``clean_layout(model)``); the output's logits cover the noisy half.
+        """
+        if clean_ids is not None:
+            raise TypeError(
+                f"adapter {self.name!r} has no [x_t ; x_0] training layout for {type(model).__name__}; "
+                f"call relay(input_ids, ...) without clean_ids"
+            )
+        return model(input_ids, **kwargs)
 
     def logits(self, output: Any) -> Tensor:
         """The logits tensor (b, q, V) in a backbone's output."""

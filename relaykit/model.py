@@ -76,6 +76,7 @@ class _Call:
     kwargs: dict[str, Any]
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
+    columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
     bare: Tensor | None = None  # (b, q) bool: fed positions that get no relay (Adapter.bare_positions)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -162,6 +163,7 @@ class RelayModel(nn.Module):
                 f"{type(backbone).__name__} already has a relay attached (attribute {CHANNEL_ATTR!r}); call "
                 f"relay.detach() on the existing RelayModel first"
             )
+        self.adapter.bind(backbone)
         emb = self.adapter.embedding(backbone)
         final, side = self.adapter.final_hidden(backbone)
         call = self.adapter.call_module(backbone)
@@ -194,6 +196,11 @@ class RelayModel(nn.Module):
     @property
     def attached(self) -> bool:
         return self._attached
+
+    @property
+    def active(self) -> bool:
+        """Whether a relay call or session is open and relay is not disabled (the next forward adds R(h))."""
+        return self._active() is not None
 
     @property
     def enabled(self) -> bool:
@@ -244,11 +251,15 @@ class RelayModel(nn.Module):
                 "relay is active but the backbone was not called through its __call__ (the pre-hook on the "
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
-        ids = self.adapter.embedding_input_ids(args, {})  # (b, q)
+        ids = self.adapter.embedding_input_ids(args, {})  # (b, q) as fed
         _check_cache_batch(self.adapter.cache_of(call.kwargs), ids.shape[0])
         positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
+        columns = self.adapter.relay_columns(ids, call.args, call.kwargs)
+        if columns is not None:  # e.g. the noisy half of [x_t ; x_0]: the rest is relay-free context
+            columns = slice(*columns.indices(ids.shape[1]))
+            ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
         bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
-        call.ids, call.positions, call.bare = ids, positions, bare
+        call.ids, call.positions, call.columns, call.bare = ids, positions, columns, bare
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
@@ -260,7 +271,10 @@ class RelayModel(nn.Module):
             return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
         delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
-        return output + delta.to(output.dtype)
+        if columns is None:
+            return output + delta.to(output.dtype)
+        a, b = columns.start, columns.stop
+        return torch.cat([output[:, :a], output[:, a:b] + delta.to(output.dtype), output[:, b:]], dim=1)
 
     def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         hidden = output if isinstance(output, Tensor) else output[0]
@@ -275,6 +289,8 @@ class RelayModel(nn.Module):
         if slot is None or call is None or call.positions is None or call.ids is None:
             return
         positions, ids = call.positions, call.ids
+        if call.columns is not None and hidden.dim() == 3:
+            hidden = hidden[:, call.columns]  # (b, q', d)
         if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
             raise ValueError(
                 f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "
@@ -297,23 +313,27 @@ class RelayModel(nn.Module):
         state: RelayState | None = None,
         *,
         update: Update | None = None,
+        clean_ids: Tensor | None = None,
         **backbone_kwargs: Any,
     ) -> RelayOutput:
         """One relay forward: ``input_ids`` (b, q) with h from ``state`` (None: h = 0); returns logits and new state.
 
         Extra keyword arguments go to the backbone unchanged (caches, timesteps, attention masks ...).
+        ``clean_ids`` (b, q) feeds a block-diffusion family's ``[x_t ; x_0]`` training layout (adapters with
+        whose ``clean_layout(backbone)`` is true): relay runs on the noisy half only and the logits cover it.
         """
         self._require_attached()
         self._check_ids(input_ids)
         if state is not None and not isinstance(state, RelayState):
             raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+        run = self.adapter.call_backbone
         if self._disabled:
-            output = self.backbone(input_ids, **backbone_kwargs)
+            output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
             return RelayOutput(self.adapter.logits(output), state, output)
         slot = _Slot(state=state, update=_check_update(update or self.update))
         self._slots.append(slot)
         try:
-            output = self.backbone(input_ids, **backbone_kwargs)
+            output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
         finally:
             self._slots.pop()
             self._call = None

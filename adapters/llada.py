@@ -1,0 +1,123 @@
+"""LLaDAAdapter: relay on LLaDA (GSAI-ML/LLaDA-8B-*) and on Fast-dLLM v1's cached copy of the same model.
+
+Where things are (``LLaDAModelLM`` as published; the inner ``LLaDAModel`` works too):
+
+* embedding: ``model.transformer.wte`` (an nn.Embedding, d_model wide);
+* final hidden: the output of ``model.transformer.ln_f`` (the LM head's input). The head is
+  ``model.transformer.ff_out`` when ``weight_tying`` is false, and every block has an MLP ``ff_out`` too: modules
+  are resolved by exact path, never by name suffix;
+* mask id: ``config.mask_token_id`` (126336 in the published config), or the ``mask_token_id`` argument;
+* calls: ``LLaDAModelLM.forward`` calls ``self.model.forward(...)`` directly, so the top module sees each call's
+  arguments; no token shift; fully bidirectional attention.
+
+Absolute positions of a call (Fast-dLLM v1, ``v1/llada/generate.py``):
+
+* full forward (and the per-block refresh ``model(x, use_cache=True)``): ``0 .. L-1``;
+* prefix cache, ``model(x[:, s:], past_key_values=prefix)``: ``len(prefix) .. len(prefix) + q - 1``;
+* dual cache, ``model(x[:, s:e], past_key_values=full, replace_position=r)``: the True columns of ``r`` (b, L).
+
+A refresh call (``use_cache=True`` and no ``past_key_values``, the full forward that refills the cache at each
+block) runs relay-free: with bidirectional attention any relay would leak into every key it caches (contract 4).
+It still writes h at its masked positions, like any step.
+
+Example::
+
+    relay = relaykit.attach(model)                       # detected from LLaDAModelLM / config.model_type "llada"
+    with relay.session() as s:
+        out = generate_with_dual_cache(model, prompt)    # Fast-dLLM v1's loop, unchanged
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from relaykit.adapter import Adapter, Side, resolve_module
+
+PUBLISHED_MASK_ID = 126336
+
+
+def is_llada(model: nn.Module) -> bool:
+    """LLaDAModelLM / LLaDAModel, or any model whose config says ``model_type == "llada"``."""
+    config = getattr(model, "config", None)
+    return type(model).__name__ in ("LLaDAModelLM", "LLaDAModel") or getattr(config, "model_type", None) == "llada"
+
+
+class LLaDAAdapter(Adapter):
+    """LLaDA family adapter (also Fast-dLLM v1's prefix and dual caches). ``mask_token_id`` overrides the config's."""
+
+    name = "llada"
+    token_shift = 0
+
+    def __init__(self, mask_token_id: int | None = None) -> None:
+        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
+            raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
+        self.mask_override = mask_token_id
+
+    # --------------------------------------------------------------- modules
+    def _prefix(self, model: nn.Module) -> str:
+        """'model.transformer' on LLaDAModelLM, 'transformer' on a bare LLaDAModel."""
+        if isinstance(getattr(getattr(model, "model", None), "transformer", None), nn.ModuleDict):
+            return "model.transformer"
+        if isinstance(getattr(model, "transformer", None), nn.ModuleDict):
+            return "transformer"
+        raise AttributeError(
+            f"{type(model).__name__} is not laid out like LLaDA: expected an nn.ModuleDict at 'model.transformer' "
+            f"(LLaDAModelLM) or 'transformer' (LLaDAModel); use the generic adapter for other models"
+        )
+
+    def embedding(self, model: nn.Module) -> nn.Module:
+        return resolve_module(model, f"{self._prefix(model)}.wte", role="embedding")
+
+    def final_hidden(self, model: nn.Module) -> tuple[nn.Module, Side]:
+        return resolve_module(model, f"{self._prefix(model)}.ln_f", role="final_hidden"), "output"
+
+    def mask_token_id(self, model: nn.Module) -> int:
+        if self.mask_override is not None:
+            return self.mask_override
+        value = getattr(getattr(model, "config", None), "mask_token_id", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        vocab = self.vocab_size(model)
+        if vocab is not None and vocab > PUBLISHED_MASK_ID:
+            return PUBLISHED_MASK_ID
+        raise ValueError(
+            f"{type(model).__name__}: config has no mask_token_id and the vocabulary ({vocab}) is smaller than "
+            f"LLaDA's published mask id {PUBLISHED_MASK_ID}; pass mask_token_id=... to attach()"
+        )
+
+    def tied(self, model: nn.Module) -> bool | None:
+        value = getattr(getattr(model, "config", None), "weight_tying", None)
+        return bool(value) if value is not None else super().tied(model)
+
+    # --------------------------------------------------------------- per-call behaviour
+    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        replace = kwargs.get("replace_position")
+        if replace is None:
+            return super().call_positions(input_ids, args, kwargs)  # full forward or prefix cache
+        b, q = input_ids.shape
+        if not isinstance(replace, Tensor) or replace.dim() != 2 or replace.shape[0] != b:
+            got = tuple(replace.shape) if isinstance(replace, Tensor) else type(replace).__name__
+            raise ValueError(f"replace_position must be a (batch, L) bool tensor with batch {b}; got {got}")
+        counts = replace.sum(-1)  # (b,)
+        if bool((counts != q).any()):
+            raise ValueError(
+                f"replace_position selects {counts.tolist()} columns per row but the call feeds {q} tokens; the dual "
+                f"cache needs exactly one True per fed token"
+            )
+        cols = torch.arange(replace.shape[1], device=replace.device).expand(b, -1)  # (b, L)
+        return cols[replace.bool()].view(b, q).to(input_ids.device)  # True columns, in order
+
+    def bare_positions(
+        self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
+    ) -> Tensor:
+        """A refresh (``use_cache=True``, no cache given) is relay-free: with bidirectional attention any relay
+        would leak into every key it caches. h is still written at its masked positions."""
+        if kwargs.get("use_cache") and kwargs.get("past_key_values") is None:
+            return torch.ones_like(input_ids, dtype=torch.bool)
+        return super().bare_positions(input_ids, positions, args, kwargs, mask_token_id=mask_token_id)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "mask_token_id": self.mask_override}

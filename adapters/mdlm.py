@@ -1,0 +1,200 @@
+"""MDLMAdapter: relay on MDLM's DiT (kuleshov-group/mdlm), its HF wrapper, and BD3-LM (kuleshov-group/bd3lms).
+
+Where things are:
+
+* embedding: ``vocab_embed`` (``backbone.vocab_embed`` in the HF ``MDLM`` / ``BD3LM`` classes), whose table is a
+  raw parameter ``.embedding`` [V, D] indexed by ids, not an nn.Embedding: relay adds to that module's output;
+* final hidden: the INPUT of ``output_layer`` (``output_layer(x, c)``: norm + adaLN + linear), pre-norm;
+* mask id: the argument, else ``config.mask_token_id`` / ``mask_index`` when present, else vocab_size - 1 (MDLM adds
+  one mask token after the tokenizer's vocabulary);
+* sigma / timesteps pass through unchanged; when none is given, sigma = 0 is passed (what MDLM's sampler feeds with
+  the default ``time_conditioning=False``). No token shift, no attention mask.
+
+BD3-LM (``cross_attn``, ``block_size``):
+
+* training input ``[x_t ; x_0]`` (2n): only the noisy half takes part in relay; ``relay(z, clean_ids=x0)`` builds it;
+* cache-free sampling feeds the whole sequence: relay runs in the active (last) block only, earlier blocks are
+  relay-free context, exactly as with the cache, so the two give the same logits (contract 5);
+* KV cache: each ``sample_mode`` call feeds the active block at positions ``cache_idx .. cache_idx + q - 1``
+  (read from the first block layer); the clean commit pass (``store_kv=True``) runs relay-free (contract 4).
+  Sampling past ``model_length`` slides the cache window, which relay does not follow (positions would repeat).
+
+MDLM's ``ddpm_cache`` sampler reuses the previous step's output when no token changed. With relay the next forward
+differs even when tokens do not (h has moved), so the reuse is no longer exact: :func:`ddpm_cache_valid` says when
+it still is (never while relay is active), and samplers should recompute otherwise.
+
+Example::
+
+    relay = relaykit.attach(dit)                                   # detected: DIT / MDLM / BD3LM
+    out = relay(x, state=state, sigma=sigma)                        # DIT.forward(indices, sigma)
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from relaykit.adapter import Adapter, Side, resolve_module
+
+if TYPE_CHECKING:
+    from relaykit.model import RelayModel
+
+_CLASSES = ("DIT", "MDLM", "BD3LM", "DITBackbone")
+_TYPES = ("mdlm", "bd3lm")
+
+
+def is_mdlm(model: nn.Module) -> bool:
+    """MDLM's DIT, the HF MDLM / BD3LM classes, or a config with model_type "mdlm" / "bd3lm"."""
+    config = getattr(model, "config", None)
+    known = type(model).__name__ in _CLASSES or getattr(config, "model_type", None) in _TYPES
+    return known and _root(model) is not None
+
+
+def _root(model: nn.Module) -> str | None:
+    """'' when the DiT modules sit on the model itself, 'backbone.' for the HF wrappers, else None."""
+    for prefix, owner in (("", model), ("backbone.", getattr(model, "backbone", None))):
+        if isinstance(owner, nn.Module) and hasattr(owner, "vocab_embed") and hasattr(owner, "output_layer"):
+            return prefix
+    return None
+
+
+class MDLMAdapter(Adapter):
+    """MDLM / BD3-LM family adapter. ``mask_token_id`` overrides the default vocab_size - 1."""
+
+    name = "mdlm"
+    token_shift = 0
+
+    def __init__(self, mask_token_id: int | None = None) -> None:
+        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
+            raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
+        self.mask_override = mask_token_id
+
+    # --------------------------------------------------------------- modules
+    def _prefix(self, model: nn.Module) -> str:
+        prefix = _root(model)
+        if prefix is None:
+            raise AttributeError(
+                f"{type(model).__name__} is not laid out like MDLM: expected 'vocab_embed' and 'output_layer' on the "
+                f"model (DIT) or on 'backbone' (HF MDLM / BD3LM); use the generic adapter for other models"
+            )
+        return prefix
+
+    def _dit(self, model: nn.Module) -> nn.Module:
+        """The module holding the DiT children: the model itself (DIT) or its ``backbone`` (HF wrappers)."""
+        return model.backbone if self._prefix(model) else model
+
+    def embedding(self, model: nn.Module) -> nn.Module:
+        return resolve_module(model, f"{self._prefix(model)}vocab_embed", role="embedding")
+
+    def final_hidden(self, model: nn.Module) -> tuple[nn.Module, Side]:
+        return resolve_module(model, f"{self._prefix(model)}output_layer", role="final_hidden"), "input"
+
+    def hidden_size(self, model: nn.Module) -> int:
+        return self.embedding_size(model)  # the DiT keeps one width from vocab_embed to output_layer
+
+    def mask_token_id(self, model: nn.Module) -> int:
+        if self.mask_override is not None:
+            return self.mask_override
+        config = getattr(model, "config", None)
+        for name in ("mask_token_id", "mask_index"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        vocab = self.vocab_size(model)
+        if vocab is None:
+            raise ValueError(f"cannot read the vocabulary of {type(model).__name__}; pass mask_token_id=...")
+        return vocab - 1
+
+    def tied(self, model: nn.Module) -> bool | None:
+        return False  # vocab_embed and output_layer.linear never share weights
+
+    # --------------------------------------------------------------- BD3-LM specifics
+    def _block_diffusion(self, model: nn.Module) -> tuple[int, int] | None:
+        """(block_size, model_length) of a BD3-LM with the [x_t ; x_0] layout (``cross_attn``); None for MDLM."""
+        config = getattr(self._dit(model), "config", None)
+        if not getattr(config, "cross_attn", False):
+            return None
+        return int(config.block_size), int(config.model_length)
+
+    # --------------------------------------------------------------- per-call behaviour
+    def bind(self, model: nn.Module) -> None:
+        """Remember the DiT's first block (BD3-LM keeps its cache length there) and its block layout."""
+        blocks = getattr(self._dit(model), "blocks", None)
+        self._first_block = weakref.ref(blocks[0]) if blocks is not None and len(blocks) else None
+        self._layout = self._block_diffusion(model)
+
+    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        b, q = input_ids.shape
+        start = 0
+        first = self._first_block() if getattr(self, "_first_block", None) is not None else None
+        if kwargs.get("sample_mode") and getattr(first, "kv_cache", None) is not None:
+            start = int(first.cache_idx)  # the active block sits after the committed ones
+        return (start + torch.arange(q, device=input_ids.device)).expand(b, q)
+
+    def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
+        layout = getattr(self, "_layout", None)
+        if layout is None:
+            return None
+        q = input_ids.shape[1]
+        if not kwargs.get("sample_mode"):
+            return slice(0, q // 2)  # training: the noisy half of [x_t ; x_0]
+        return slice(max(q - layout[0], 0), q)  # sampling: the active (last) block, all of it with a cache
+
+    def bare_positions(
+        self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
+    ) -> Tensor:
+        """BD3-LM's commit pass (``store_kv=True``) stores a finished block: relay-free. MDLM has no cache to
+        protect, so every other call takes relay wherever a state exists."""
+        return torch.full_like(input_ids, bool(kwargs.get("store_kv")), dtype=torch.bool)
+
+    def clean_layout(self, model: nn.Module) -> bool:
+        return self._block_diffusion(model) is not None  # BD3-LM with cross_attn
+
+    def call_backbone(
+        self, model: nn.Module, input_ids: Tensor, *, clean_ids: Tensor | None = None, **kwargs: Any
+    ) -> Any:
+        args: tuple[Any, ...] = ()
+        if not any(k in kwargs for k in ("sigma", "timesteps")):
+            sigma = torch.zeros(input_ids.shape[0], device=input_ids.device)  # time_conditioning=False default
+            if self._prefix(model):
+                kwargs["timesteps"] = sigma
+            else:
+                args = (sigma,)
+        if clean_ids is not None:
+            bd = self._block_diffusion(model)
+            if bd is None:
+                raise TypeError(
+                    f"{type(model).__name__} has no [x_t ; x_0] training layout (config.cross_attn is not set); "
+                    f"call relay(input_ids, ...) without clean_ids"
+                )
+            n = bd[1]
+            if clean_ids.shape != input_ids.shape or input_ids.shape[1] != n:
+                raise ValueError(
+                    f"BD3-LM trains on [x_t ; x_0] of model_length {n} each; got input_ids "
+                    f"{tuple(input_ids.shape)} and clean_ids {tuple(clean_ids.shape)}"
+                )
+            input_ids = torch.cat([input_ids, clean_ids], dim=1)  # (b, 2n)
+        return model(input_ids, *args, **kwargs)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "mask_token_id": self.mask_override}
+
+
+def ddpm_cache_valid(
+    x: Tensor, x_next: Tensor, *, time_conditioning: bool = False, relay: RelayModel | None = None
+) -> bool:
+    """Whether MDLM's ``ddpm_cache`` sampler may reuse the previous step's p(x0) for the next step.
+
+    Upstream reuses it when no token changed and the model is not time-conditioned. With relay active the next
+    forward sees a new h, so its output changes even when the tokens do not: the reuse would silently skip relay
+    steps, and this returns False. Example (in MDLM's ``_sample`` loop)::
+
+        if not ddpm_cache_valid(x, x_next, time_conditioning=tc, relay=relay):
+            p_x0_cache = None
+    """
+    if relay is not None and relay.active:
+        return False
+    return torch.equal(x_next, x) and not time_conditioning
