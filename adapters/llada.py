@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.kvcache import DecodeCall
 
 PUBLISHED_MASK_ID = 126336
 
@@ -50,6 +51,8 @@ class LLaDAAdapter(Adapter):
 
     name = "llada"
     token_shift = 0
+    attention = "bidirectional"
+    decode_modes = ("prefix", "dual")  # Fast-dLLM v1's caches (the hub file refuses any cache)
 
     def __init__(self, mask_token_id: int | None = None) -> None:
         if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
@@ -118,6 +121,23 @@ class LLaDAAdapter(Adapter):
         if kwargs.get("use_cache") and kwargs.get("past_key_values") is None:
             return torch.ones_like(input_ids, dtype=torch.bool)
         return super().bare_positions(input_ids, positions, args, kwargs, mask_token_id=mask_token_id)
+
+    def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
+        """LLaDA's own arguments for :func:`relaykit.generate`: a list cache and a dual-cache ``replace_position``.
+
+        No position ids or attention masks: LLaDA attends bidirectionally and places RoPE by cache index.
+        """
+        kwargs: dict[str, Any] = {}
+        if call.store or call.cache is not None:
+            kwargs["use_cache"] = True
+        if call.cache is not None:
+            kwargs["past_key_values"] = call.cache
+        if call.replaced is not None:  # dual cache: the block's cached keys/values are overwritten in place
+            a, b = call.replaced
+            replace = torch.zeros(call.batch, call.cache_length, dtype=torch.bool, device=call.device)
+            replace[:, a:b] = True
+            kwargs["replace_position"] = replace
+        return kwargs
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "mask_token_id": self.mask_override}

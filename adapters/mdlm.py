@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.kvcache import DecodeCall
 
 if TYPE_CHECKING:
     from relaykit.model import RelayModel
@@ -66,6 +67,8 @@ class MDLMAdapter(Adapter):
 
     name = "mdlm"
     token_shift = 0
+    attention = "bidirectional"
+    decode_modes: tuple[str, ...] = ()  # no cache relaykit.generate can drive (BD3-LM: use its own sampler)
 
     def __init__(self, mask_token_id: int | None = None) -> None:
         if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
@@ -178,6 +181,15 @@ class MDLMAdapter(Adapter):
                 )
             input_ids = torch.cat([input_ids, clean_ids], dim=1)  # (b, 2n)
         return model(input_ids, *args, **kwargs)
+
+    def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
+        """Cache-free full-sequence calls; sigma 0 is supplied by :meth:`call_backbone`."""
+        if self._block_diffusion(model) is not None:
+            raise ValueError(
+                "relaykit.generate does not drive BD3-LM (its cache lives on its modules); run its own "
+                "semi-autoregressive sampler inside relay.session(), which relay follows"
+            )
+        return {}
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "mask_token_id": self.mask_override}
