@@ -24,7 +24,8 @@ Example::
     torch.save({"driver": driver.state_dict(), "model": ..., "opt": ...}, "ckpt.pt")
 
 Data items may be a pair ``(x0, maskable)`` or a dict with ``"x0"`` (or ``"input_ids"``) and ``"maskable"``,
-each either one sample (n,) or a batch (b', n) of any size.
+each either one sample (n,) or a batch (b', n) of any size. A third entry / an ``"order"`` key gives each sample
+its own unmasking order, used when the policy is an :class:`~relaykit.policies.Oracle` (e.g. a solver's order).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.policies import Policy
+from relaykit.policies import Oracle, Policy
 from relaykit.rollout import InitKind, LossKind, RolloutResult, bptt_rollout, check_batch, initial_z, unwrap_relay
 from relaykit.state import RelayState
 
@@ -53,30 +54,51 @@ class DataExhausted(RuntimeError):
     """The data ran out while rows needed new samples (wrap the data in ``itertools.cycle`` for endless runs)."""
 
 
-def as_batch(item: Any) -> tuple[Tensor, Tensor]:
-    """A data item -> (x0 (b', n) long, maskable (b', n) bool). Accepts pairs and dicts, one sample or a batch."""
+Samples = dict[str, Tensor]  # "x0" (b, n) long, "maskable" (b, n) bool, optionally "order" (b, n)
+
+
+def as_batch(item: Any) -> Samples:
+    """A data item -> samples {"x0": (b', n), "maskable": (b', n)[, "order": (b', n)]}.
+
+    Accepts ``(x0, maskable)``, ``(x0, maskable, order)`` or a dict with ``"x0"`` (or ``"input_ids"``),
+    ``"maskable"`` and optionally ``"order"`` (a per-position unmasking order for :class:`Oracle`), each tensor
+    either one sample (n,) or a batch (b', n).
+    """
     if isinstance(item, Mapping):
-        x0 = item.get("x0", item.get("input_ids"))
-        maskable = item.get("maskable")
-    elif isinstance(item, (tuple, list)) and len(item) == 2:
-        x0, maskable = item
+        x0, maskable, order = item.get("x0", item.get("input_ids")), item.get("maskable"), item.get("order")
+    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        x0, maskable, order = item[0], item[1], item[2] if len(item) == 3 else None
     else:
         raise TypeError(
-            f"a data item must be (x0, maskable) or a dict with 'x0' (or 'input_ids') and 'maskable'; got "
-            f"{type(item).__name__}"
+            f"a data item must be (x0, maskable), (x0, maskable, order) or a dict with 'x0' (or 'input_ids') and "
+            f"'maskable'; got {type(item).__name__}"
         )
     if not isinstance(x0, Tensor) or not isinstance(maskable, Tensor):
         raise TypeError(
             f"x0 and maskable must be tensors; got {type(x0).__name__} and {type(maskable).__name__} (a dict needs "
             f"both 'x0' and 'maskable')"
         )
+    out = {"x0": x0.long(), "maskable": maskable.bool()}
+    if order is not None:
+        out["order"] = torch.as_tensor(order).float()
     if x0.dim() == 1:
-        x0, maskable = x0.unsqueeze(0), maskable.unsqueeze(0)
-    if x0.dim() != 2 or maskable.shape != x0.shape:
-        raise ValueError(
-            f"x0 must be (n,) or (b, n) and maskable the same shape; got {tuple(x0.shape)} and {tuple(maskable.shape)}"
-        )
-    return x0.long(), maskable.bool()
+        out = {key: t.unsqueeze(0) for key, t in out.items()}
+    shape = out["x0"].shape
+    if len(shape) != 2 or any(t.shape != shape for t in out.values()):
+        shapes = ", ".join(f"{key} {tuple(t.shape)}" for key, t in out.items())
+        raise ValueError(f"x0 must be (n,) or (b, n) and maskable (and order) the same shape; got {shapes}")
+    return out
+
+
+def _cut(samples: Samples, start: int, stop: int | None = None) -> Samples:
+    return {key: t[start:stop] for key, t in samples.items()}
+
+
+def _cat(parts: list[Samples]) -> Samples:
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        raise ValueError("either every sample carries an 'order' or none does; the data mixes both")
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
 
 def _single(item: Any) -> bool:
@@ -155,7 +177,8 @@ class PersistentRollout:
         # data position
         self._iter: Iterator[Any] | None = None
         self._skip = 0
-        self._pending: tuple[Tensor, Tensor] | None = None  # unread rest of the last data item
+        self._order: Tensor | None = None  # (B, n) per-sample unmasking order, when the data carries one
+        self._pending: Samples | None = None  # unread rest of the last data item
         self.items_drawn = 0
         self.samples_drawn = 0
         self.completed = 0
@@ -163,7 +186,7 @@ class PersistentRollout:
         self.steps = 0
 
     # ------------------------------------------------------------------ reading data
-    def _next_item(self) -> tuple[Tensor, Tensor]:
+    def _next_item(self) -> Samples:
         if self.data is None:
             raise DataExhausted("this driver has no data iterable; pass data=... or step(refill=batch)")
         if self._iter is None:
@@ -184,38 +207,38 @@ class PersistentRollout:
                 f"itertools.cycle(...) or stop the loop (iterating the driver stops there by itself)"
             ) from None
         self.items_drawn += 1
-        x0, maskable = as_batch(item)
+        samples = as_batch(item)
         if self.batch_size is None and self._x0 is None and _single(item):
             raise ValueError("the data yields single samples (n,); pass batch_size=... (the number of rows to keep)")
-        return x0, maskable
+        return samples
 
-    def _take(self, count: int, refill: Any) -> tuple[Tensor, Tensor]:
+    def _take(self, count: int, refill: Any) -> Samples:
         """The next ``count`` samples: from ``refill`` first (rest discarded), then the unread rest, then data."""
-        parts: list[tuple[Tensor, Tensor]] = []
-        from_data: list[tuple[Tensor, Tensor]] = []
+        parts: list[Samples] = []
+        from_data: list[Samples] = []
         have = 0
         if refill is not None:
-            rx, rm = as_batch(refill)
-            parts.append((rx[:count], rm[:count]))
-            have += min(count, rx.shape[0])
-            self.discarded += max(0, rx.shape[0] - count)
+            pool = as_batch(refill)
+            size = pool["x0"].shape[0]
+            parts.append(_cut(pool, 0, count))
+            have += min(count, size)
+            self.discarded += max(0, size - count)
         while have < count:
             if self._pending is None:
                 try:
                     self._pending = self._next_item()
                 except DataExhausted:
                     if from_data:  # put back what was read: nothing is lost, the call can be retried
-                        self._pending = (torch.cat([p[0] for p in from_data]), torch.cat([p[1] for p in from_data]))
+                        self._pending = _cat(from_data)
                     raise
-            px, pm = self._pending
-            use = min(count - have, px.shape[0])
-            parts.append((px[:use], pm[:use]))
-            from_data.append((px[:use], pm[:use]))
+            pending = self._pending
+            size = pending["x0"].shape[0]
+            use = min(count - have, size)
+            parts.append(_cut(pending, 0, use))
+            from_data.append(parts[-1])
             have += use
-            self._pending = (px[use:], pm[use:]) if use < px.shape[0] else None
-        x0 = torch.cat([p[0] for p in parts]).to(self.device)
-        maskable = torch.cat([p[1] for p in parts]).to(self.device)
-        return x0, maskable
+            self._pending = _cut(pending, use) if use < size else None
+        return {key: t.to(self.device) for key, t in _cat(parts).items()}
 
     # ------------------------------------------------------------------ the step
     def _allocate(self, x0: Tensor) -> None:
@@ -243,7 +266,7 @@ class PersistentRollout:
                 if self._pending is None:
                     self._pending = self._next_item()
                 first = self._pending
-            self._allocate(first[0])
+            self._allocate(first["x0"])
         assert self._x0 is not None and self._maskable is not None and self._z is not None
         assert self._has is not None and self._ids is not None
         mask = self.core.mask_token_id
@@ -251,7 +274,8 @@ class PersistentRollout:
         need = ~self._has | finished if self.persistent else torch.ones_like(self._has)
         rows = need.nonzero().flatten()
         if rows.numel():
-            x_new, m_new = self._take(int(rows.numel()), refill)
+            new = self._take(int(rows.numel()), refill)
+            x_new, m_new = new["x0"], new["maskable"]
             if x_new.shape[1] != self._x0.shape[1]:
                 raise ValueError(
                     f"samples must all have the same length: this driver holds length {self._x0.shape[1]}, the data "
@@ -259,6 +283,7 @@ class PersistentRollout:
                 )
             check_batch(self.core, x_new, m_new)
             self.completed += int((self._has & finished).sum())
+            self._store_order(rows, new.get("order"))
             self._x0[rows] = x_new
             self._maskable[rows] = m_new
             self._z[rows] = initial_z(x_new, m_new, mask, init=self.init, generator=self.generator)
@@ -267,12 +292,17 @@ class PersistentRollout:
             self.samples_drawn += int(rows.numel())
             if self._state is not None:
                 self._state = self._state.reset(rows)
+        elif refill is not None:
+            self.discarded += int(as_batch(refill)["x0"].shape[0])  # no row needed a sample this step
+        policy = self.policy
+        if isinstance(policy, Oracle) and self._order is not None:
+            policy = Oracle(self._order, k=policy.k)  # each row's own order travels with its sample
         res = bptt_rollout(
             self.relay,
             self._x0,
             maskable=self._maskable,
             k=self.k,
-            policy=self.policy,
+            policy=policy,
             stop_gradient=self.stop_gradient,
             state=self._state,
             z=self._z,
@@ -288,6 +318,18 @@ class PersistentRollout:
         res.new_rows = need
         res.sample_ids = self._ids.clone()
         return res
+
+    def _store_order(self, rows: Tensor, order: Tensor | None) -> None:
+        assert self._x0 is not None
+        if order is None:
+            if self._order is not None:
+                raise ValueError("either every sample carries an 'order' or none does; new samples came without one")
+            return
+        if self._order is None:
+            if bool(self._has.any()):  # type: ignore[union-attr]
+                raise ValueError("either every sample carries an 'order' or none does; earlier samples had none")
+            self._order = torch.zeros(self._x0.shape, dtype=torch.float32, device=self.device)
+        self._order[rows] = order.to(self.device)
 
     def __iter__(self) -> Iterator[RolloutResult]:
         """``for res in driver:`` runs ``step()`` until the data runs out."""
@@ -353,11 +395,12 @@ class PersistentRollout:
                 "z": copy(self._z),
                 "has": copy(self._has),
                 "sample_ids": copy(self._ids),
+                "order": copy(self._order),
             },
             "relay_state": None
             if st is None
             else {"hidden": copy(st.hidden), "filled": copy(st.filled), "offset": st.offset},
-            "pending": None if pending is None else {"x0": copy(pending[0]), "maskable": copy(pending[1])},
+            "pending": None if pending is None else {key: t.clone() for key, t in pending.items()},
             "generator": self.generator.get_state(),
         }
 
@@ -389,12 +432,13 @@ class PersistentRollout:
         dev = self.device
         rows = state_dict["rows"]
         if rows is None:
-            self._x0 = self._maskable = self._z = self._has = self._ids = None
+            self._x0 = self._maskable = self._z = self._has = self._ids = self._order = None
         else:
             self._x0, self._maskable, self._z = rows["x0"].to(dev), rows["maskable"].to(dev), rows["z"].to(dev)
             self._has, self._ids = rows["has"].to(dev), rows["sample_ids"].to(dev)
+            self._order = None if rows["order"] is None else rows["order"].to(dev)
         st = state_dict["relay_state"]
         self._state = None if st is None else RelayState(st["hidden"].to(dev), st["filled"].to(dev), int(st["offset"]))
         pending = state_dict["pending"]
-        self._pending = None if pending is None else (pending["x0"], pending["maskable"])
+        self._pending = None if pending is None else dict(pending)
         self.generator.set_state(state_dict["generator"])

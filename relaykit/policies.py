@@ -155,14 +155,33 @@ class Oracle(Policy):
         return f"Oracle(order={tuple(self.order.shape)}, k={self.k})"
 
 
-def confidence_and_prediction(logits: Tensor, *, mask_token_id: int | None = None) -> tuple[Tensor, Tensor]:
-    """Max probability and argmax token per position, (b, n) each; the mask token is never predicted."""
+#: positions x vocabulary entries processed at once by confidence_and_prediction (bounds its float32 temporaries)
+CONFIDENCE_CHUNK = 1 << 22
+
+
+def _confidence_rows(logits: Tensor, mask_token_id: int | None) -> tuple[Tensor, Tensor]:
     logits = logits.float()
     if mask_token_id is not None and 0 <= mask_token_id < logits.shape[-1]:
         logits = logits.clone()
         logits[..., mask_token_id] = float("-inf")
-    probs = logits.softmax(-1)  # (b, n, V)
-    confidence, prediction = probs.max(-1)
+    probs = logits.softmax(-1)  # (m, V)
+    return probs.max(-1)
+
+
+def confidence_and_prediction(logits: Tensor, *, mask_token_id: int | None = None) -> tuple[Tensor, Tensor]:
+    """Max probability and argmax token per position, (b, n) each; the mask token is never predicted.
+
+    Works through the positions in chunks of about ``CONFIDENCE_CHUNK`` logits, so the float32 copies it makes
+    stay small next to the (b, n, V) logits (the peak memory of a training window); every position's result is
+    the same as computing all at once.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])  # (b*n, V)
+    step = max(1, CONFIDENCE_CHUNK // max(1, flat.shape[-1]))
+    parts = [_confidence_rows(flat[i : i + step], mask_token_id) for i in range(0, flat.shape[0], step)]
+    if not parts:
+        parts = [_confidence_rows(flat, mask_token_id)]
+    confidence = torch.cat([c for c, _ in parts]).view(logits.shape[:-1])  # (b, n)
+    prediction = torch.cat([p for _, p in parts]).view(logits.shape[:-1])  # (b, n)
     return confidence, prediction
 
 

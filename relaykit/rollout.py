@@ -336,6 +336,7 @@ def bptt_rollout(
         z = torch.where(commit, x0, z)  # teacher forcing: ground truth at the committed positions
         if stop_gradient and state is not None:
             state = state.detach()
+        del out, logits, aligned  # free this step's (b, n, V) logits before the next forward (peak memory)
 
     dens, world = _global(torch.stack(denominators), sync_counts)
     step_losses = torch.stack(numerators) / dens.clamp(min=1) * world  # (k,)

@@ -1,10 +1,13 @@
-"""The README's quickstart runs as written, and CI runs the README's test command."""
+"""The README's Python snippets run as written, and CI runs the README's test command."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from tiny import MASK_ID, TinyMDM
 
@@ -12,16 +15,43 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_quickstart_runs_as_written(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    block = README.split("<!-- quickstart")[1].split("```python\n")[1].split("```")[0]
-    assert len([line for line in block.splitlines() if line.strip()]) <= 5, "the quickstart must stay within 5 lines"
-    monkeypatch.chdir(tmp_path)
+def snippet(name: str) -> str:
+    """The ```python block that follows the marker ``<!-- name: executed by tests/test_readme.py -->``."""
+    return README.split(f"<!-- {name}: executed by tests/test_readme.py -->")[1].split("```python\n")[1].split("```")[0]
+
+
+def namespace() -> dict[str, Any]:
     torch.manual_seed(0)
     ids = torch.full((2, 8), MASK_ID)
-    ns = {"model": TinyMDM(), "MASK": MASK_ID, "input_ids": ids, "next_input_ids": ids.clone()}
+    x0 = torch.randint(0, MASK_ID, (4, 16))
+    maskable = torch.ones(4, 16, dtype=torch.bool)
+    maskable[:, :2] = False
+    return {
+        "model": TinyMDM(),
+        "MASK": MASK_ID,
+        "input_ids": ids,
+        "next_input_ids": ids.clone(),
+        "x0": x0,
+        "maskable": maskable,
+        "batches": itertools.repeat((x0, maskable)),
+    }
+
+
+def test_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = snippet("quickstart")
+    assert len([line for line in block.splitlines() if line.strip()]) <= 5, "the quickstart must stay within 5 lines"
+    monkeypatch.chdir(tmp_path)
+    ns = namespace()
     exec(compile(block, "README quickstart", "exec"), ns)
     assert ns["out"].logits.shape == (2, 8, 32)
     assert (tmp_path / "my-relay" / "relay_config.json").is_file()
+
+
+def test_training_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ns = namespace()
+    exec(compile(snippet("training"), "README training", "exec"), ns)
+    assert torch.isfinite(ns["res"].loss) and (tmp_path / "driver.pt").is_file()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
