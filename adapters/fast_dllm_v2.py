@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.adapter import Side, resolve_module
+from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
 
 PUBLISHED_MASK_ID = 151665
@@ -46,18 +47,14 @@ def is_fast_dllm_v2(model: nn.Module) -> bool:
     )
 
 
-class FastDLLMv2Adapter(Adapter):
+class FastDLLMv2Adapter(FamilyAdapter):
     """Fast-dLLM v2 family adapter: block-level and sub-block caches, token shift, [x_t ; x_0] training."""
 
     name = "fast_dllm_v2"
+    published_mask_id = PUBLISHED_MASK_ID
     token_shift = 1
     attention = "block_causal"
     decode_modes = ("prefix", "sub_block")  # the block-level cache (exact) and the sub-block cache
-
-    def __init__(self, mask_token_id: int | None = None) -> None:
-        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
-            raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
-        self.mask_override = mask_token_id
 
     # --------------------------------------------------------------- modules
     def embedding(self, model: nn.Module) -> nn.Module:
@@ -68,20 +65,6 @@ class FastDLLMv2Adapter(Adapter):
 
     def call_module(self, model: nn.Module) -> nn.Module:
         return resolve_module(model, "model", role="call module")
-
-    def mask_token_id(self, model: nn.Module) -> int:
-        if self.mask_override is not None:
-            return self.mask_override
-        value = getattr(getattr(model, "config", None), "mask_token_id", None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        vocab = self.vocab_size(model)
-        if vocab is not None and vocab > PUBLISHED_MASK_ID:
-            return PUBLISHED_MASK_ID
-        raise ValueError(
-            f"{type(model).__name__}: config has no mask_token_id and the vocabulary ({vocab}) is smaller than "
-            f"Fast-dLLM v2's |<MASK>| id {PUBLISHED_MASK_ID}; pass mask_token_id=... to attach()"
-        )
 
     # --------------------------------------------------------------- per-call behaviour
     @staticmethod
@@ -170,6 +153,3 @@ class FastDLLMv2Adapter(Adapter):
         if call.kind == "block":
             call.memo["block_past_key_values"] = output.block_past_key_values
         return super().decode_cache(output, call)
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "mask_token_id": self.mask_override}
