@@ -15,6 +15,7 @@ tokenizer, its chat template when it has one), or with ``--tiny`` a toy task: re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
@@ -200,6 +201,36 @@ def train(
     head, tail = sum(losses[:5]) / len(losses[:5]), sum(losses[-5:]) / len(losses[-5:])
     print(f"saved the relay to {args.out} (mean loss of the first / last 5 steps: {head:.3f} / {tail:.3f})")
     return losses
+
+
+def decode(
+    relay: relaykit.RelayModel,
+    batches: list[tuple[Tensor, Tensor | None]],
+    args: Any,
+    tokenizer: Any = None,
+    **generate_kwargs: Any,
+) -> dict[str, float]:
+    """Decode (prompt, expected answer or None) batches with ``relaykit.generate`` and a threshold policy; print
+    the texts (or the toy task's exact-match rate) and the mean NFE."""
+    nfe, correct, total = [], 0, 0
+    for prompt, answer in tqdm(batches, desc="decoding", unit="batch"):
+        with relay.disabled() if args.no_relay else contextlib.nullcontext():
+            out = relaykit.generate(
+                relay, prompt, max_new_tokens=args.max_new_tokens, policy=Threshold(args.threshold), **generate_kwargs
+            )
+        nfe += out.nfe.tolist()
+        new = out.sequences[:, prompt.shape[1] :]
+        if answer is not None:
+            correct += int((new[:, : answer.shape[1]] == answer).all(-1).sum())
+            total += answer.shape[0]
+        else:
+            for row in new:
+                print(tokenizer.decode(row, skip_special_tokens=True))
+    result = {"mean_nfe": sum(nfe) / len(nfe)}
+    if total:
+        result["exact_match"] = correct / total
+    print(", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+    return result
 
 
 def load_tiny_backbone(model: nn.Module, out: Path) -> nn.Module:

@@ -15,16 +15,14 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import relay_sft  # noqa: E402
 from train import load  # noqa: E402
 
-import relaykit  # noqa: E402
-from relaykit import RelayModel, Threshold  # noqa: E402
+from relaykit import RelayModel  # noqa: E402
 
-TINY = dict(max_new_tokens=8, block_size=4, out=Path("runs/llada-relay"))
+TINY = dict(max_new_tokens=8, block_size=4, out=Path("runs/llada-relay"))  # the 6-token answer in blocks of 4
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -39,7 +37,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data = relay_sft.reverse_task(64, relay.mask_token_id, batch=4, prompt=6, seed=args.seed + 1)
         x0, _ = next(data)
         batches = [(x0[:, :6], x0[:, 6:])]
-        args.max_new_tokens = 8  # the response (6) padded to whole blocks
     else:
         prompts = args.prompt or ["Lily can run 12 kilometers per hour for 4 hours. How far does she run?"]
         chats = [
@@ -47,30 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ]
         batches = [(torch.tensor([ids], device=args.device), None) for ids in chats]
     use_cache = False if args.cache == "none" else args.cache
-    nfe, correct, total = [], 0, 0
-    for prompt, answer in tqdm(batches, desc="decoding", unit="batch"):
-        with relay.disabled() if args.no_relay else torch.no_grad():
-            out = relaykit.generate(
-                relay,
-                prompt,
-                max_new_tokens=args.max_new_tokens,
-                block_size=args.block_size,
-                policy=Threshold(args.threshold),
-                use_cache=use_cache,
-            )
-        nfe += out.nfe.tolist()
-        new = out.sequences[:, prompt.shape[1] :]
-        if answer is not None:
-            correct += int((new[:, : answer.shape[1]] == answer).all(-1).sum())
-            total += answer.shape[0]
-        else:
-            for row in new:
-                print(tokenizer.decode(row, skip_special_tokens=True))
-    result = {"mean_nfe": sum(nfe) / len(nfe)}
-    if total:
-        result["exact_match"] = correct / total
-    print(", ".join(f"{k} {v:.3f}" for k, v in result.items()))
-    return result
+    return relay_sft.decode(relay, batches, args, tokenizer, block_size=args.block_size, use_cache=use_cache)
 
 
 if __name__ == "__main__":

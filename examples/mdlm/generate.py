@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import relay_sft  # noqa: E402
 from train import load  # noqa: E402
 
-import relaykit  # noqa: E402
-from relaykit import RelayModel, Threshold  # noqa: E402
+from relaykit import RelayModel  # noqa: E402
 
 TINY = dict(max_new_tokens=6, block_size=0, out=Path("runs/mdlm-relay"))
 
@@ -39,29 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         prompts = args.prompt or [tokenizer.bos_token]
         batches = [(torch.tensor([tokenizer(q)["input_ids"]], device=args.device), None) for q in prompts]
-    nfe, correct, total = [], 0, 0
-    for prompt, answer in tqdm(batches, desc="sampling", unit="batch"):
-        with relay.disabled() if args.no_relay else torch.no_grad():
-            out = relaykit.generate(
-                relay,
-                prompt,
-                max_new_tokens=args.max_new_tokens,
-                block_size=args.block_size or None,
-                policy=Threshold(args.threshold),
-            )
-        nfe += out.nfe.tolist()
-        new = out.sequences[:, prompt.shape[1] :]
-        if answer is not None:
-            correct += int((new == answer).all(-1).sum())
-            total += answer.shape[0]
-        else:
-            for row in new:
-                print(tokenizer.decode(row))
-    result = {"mean_nfe": sum(nfe) / len(nfe)}
-    if total:
-        result["exact_match"] = correct / total
-    print(", ".join(f"{k} {v:.3f}" for k, v in result.items()))
-    return result
+    return relay_sft.decode(relay, batches, args, tokenizer, block_size=args.block_size or None)
 
 
 if __name__ == "__main__":
