@@ -4,8 +4,7 @@ Each family's ``train.py`` loads its model (a checkpoint path / hub id, or with 
 random re-implementation with the family's module tree from ``tests/twins``, no download), attaches relay, and
 calls :func:`train`: Algorithm 1's persistent truncated-BPTT driver (K = 2) on (x0, maskable) pairs where only the
 response is maskable, AdamW on the backbone and the relay channel (the channel alone with ``--relay-only``), a
-progress bar,
-then ``relay.save_pretrained(out)``. In ``--tiny`` mode the random backbone is saved too (``tiny_backbone.pt``) so
+progress bar, then ``relay.save_pretrained(out)``. In ``--tiny`` mode the random backbone is saved too (``tiny_backbone.pt``) so
 that ``generate.py --tiny`` decodes with the same weights.
 
 Data: ``--data file.jsonl`` with one ``{"prompt": ..., "response": ...}`` per line (tokenised with the model's
@@ -93,6 +92,8 @@ def finish_args(p: argparse.ArgumentParser, argv: list[str] | None, *, tiny_defa
     args = p.parse_args(argv)
     if not args.tiny and not args.model:
         p.error("give --model PATH_OR_HUB_ID, or --tiny for an offline tiny run")
+    if not args.tiny and getattr(args, "data", "unset") is None:
+        p.error('give --data FILE.jsonl with one {"prompt": ..., "response": ...} per line')
     if args.tiny:
         given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
         for name, value in tiny_defaults.items():
