@@ -4,8 +4,8 @@ Each family's ``train.py`` loads its model (a checkpoint path / hub id, or with 
 random re-implementation with the family's module tree from ``tests/twins``, no download), attaches relay, and
 calls :func:`train`: Algorithm 1's persistent truncated-BPTT driver (K = 2) on (x0, maskable) pairs where only the
 response is maskable, AdamW on the backbone and the relay channel (the channel alone with ``--relay-only``), a
-progress bar, then ``relay.save_pretrained(out)``. In ``--tiny`` mode the random backbone is saved too (``tiny_backbone.pt``) so
-that ``generate.py --tiny`` decodes with the same weights.
+progress bar, then ``relay.save_pretrained(out)``. In ``--tiny`` mode the random backbone is saved too
+(``tiny_backbone.pt``) so that ``generate.py --tiny`` decodes with the same weights.
 
 Data: ``--data file.jsonl`` with one ``{"prompt": ..., "response": ...}`` per line (tokenised with the model's
 tokenizer, its chat template when it has one), or with ``--tiny`` a toy task: reverse the prompt's tokens.
