@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.adapter import Side, resolve_module
+from relaykit.adapters._family import FamilyAdapter
+from relaykit.kvcache import DecodeCall
 
 PUBLISHED_MASK_ID = 126336
 
@@ -45,16 +47,14 @@ def is_llada(model: nn.Module) -> bool:
     return type(model).__name__ in ("LLaDAModelLM", "LLaDAModel") or getattr(config, "model_type", None) == "llada"
 
 
-class LLaDAAdapter(Adapter):
+class LLaDAAdapter(FamilyAdapter):
     """LLaDA family adapter (also Fast-dLLM v1's prefix and dual caches). ``mask_token_id`` overrides the config's."""
 
     name = "llada"
+    published_mask_id = PUBLISHED_MASK_ID
     token_shift = 0
-
-    def __init__(self, mask_token_id: int | None = None) -> None:
-        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
-            raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
-        self.mask_override = mask_token_id
+    attention = "bidirectional"
+    decode_modes = ("prefix", "dual")  # Fast-dLLM v1's caches (the hub file refuses any cache)
 
     # --------------------------------------------------------------- modules
     def _prefix(self, model: nn.Module) -> str:
@@ -73,20 +73,6 @@ class LLaDAAdapter(Adapter):
 
     def final_hidden(self, model: nn.Module) -> tuple[nn.Module, Side]:
         return resolve_module(model, f"{self._prefix(model)}.ln_f", role="final_hidden"), "output"
-
-    def mask_token_id(self, model: nn.Module) -> int:
-        if self.mask_override is not None:
-            return self.mask_override
-        value = getattr(getattr(model, "config", None), "mask_token_id", None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        vocab = self.vocab_size(model)
-        if vocab is not None and vocab > PUBLISHED_MASK_ID:
-            return PUBLISHED_MASK_ID
-        raise ValueError(
-            f"{type(model).__name__}: config has no mask_token_id and the vocabulary ({vocab}) is smaller than "
-            f"LLaDA's published mask id {PUBLISHED_MASK_ID}; pass mask_token_id=... to attach()"
-        )
 
     def tied(self, model: nn.Module) -> bool | None:
         value = getattr(getattr(model, "config", None), "weight_tying", None)
@@ -119,5 +105,19 @@ class LLaDAAdapter(Adapter):
             return torch.ones_like(input_ids, dtype=torch.bool)
         return super().bare_positions(input_ids, positions, args, kwargs, mask_token_id=mask_token_id)
 
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "mask_token_id": self.mask_override}
+    def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
+        """LLaDA's own arguments for :func:`relaykit.generate`: a list cache and a dual-cache ``replace_position``.
+
+        No position ids or attention masks: LLaDA attends bidirectionally and places RoPE by cache index.
+        """
+        kwargs: dict[str, Any] = {}
+        if call.store or call.cache is not None:
+            kwargs["use_cache"] = True
+        if call.cache is not None:
+            kwargs["past_key_values"] = call.cache
+        if call.replaced is not None:  # dual cache: the block's cached keys/values are overwritten in place
+            a, b = call.replaced
+            replace = torch.zeros(call.batch, call.cache_length, dtype=torch.bool, device=call.device)
+            replace[:, a:b] = True
+            kwargs["replace_position"] = replace
+        return kwargs
