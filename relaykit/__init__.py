@@ -18,6 +18,7 @@ from relaykit._version import __version__
 from relaykit.adapter import Adapter
 from relaykit.attach import attach
 from relaykit.channel import ChannelConfig, RelayChannel
+from relaykit.decoding import GenerateResult, PromptCache, generate
 from relaykit.inspect import inspect
 from relaykit.model import RelayModel, RelayOutput, RelaySession
 from relaykit.state import RelayState
@@ -25,6 +26,8 @@ from relaykit.state import RelayState
 __all__ = [
     "Adapter",
     "ChannelConfig",
+    "GenerateResult",
+    "PromptCache",
     "RelayChannel",
     "RelayModel",
     "RelayOutput",
@@ -32,5 +35,6 @@ __all__ = [
     "RelayState",
     "__version__",
     "attach",
+    "generate",
     "inspect",
 ]

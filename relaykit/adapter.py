@@ -23,6 +23,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from relaykit.kvcache import Attention, DecodeCall, cache_length, crop_cache
+
 Side = Literal["input", "output"]
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 
@@ -117,30 +119,17 @@ def config_hidden_size(model: nn.Module) -> int | None:
     return None
 
 
-def cache_length(cache: Any) -> int:
-    """Number of positions already held by a KV cache: HF Cache objects or a list/tuple of (k, v) per layer."""
-    if cache is None:
-        return 0
-    if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
-    if isinstance(cache, (list, tuple)):
-        if len(cache) == 0:
-            return 0
-        first = cache[0]
-        if isinstance(first, (list, tuple)) and first and isinstance(first[0], Tensor):
-            return int(first[0].shape[-2])  # keys: (b, heads, L, d)
-    raise TypeError(
-        f"cannot read the length of a cache of type {type(cache).__name__}; expected an object with "
-        f"get_seq_length() or a list of (key, value) tensors per layer"
-    )
-
-
 class Adapter:
     """Base adapter: the generic behaviour, overridden per family. Subclasses set ``name`` and resolve modules."""
 
     name: str = "base"
     #: hidden state at position i predicts token i + token_shift (1 for Fast-dLLM v2, 0 for LLaDA/MDLM)
     token_shift: int = 0
+    #: how the backbone attends while decoding: "bidirectional" (LLaDA, MDLM) or "block_causal" (Fast-dLLM v2,
+    #: BD3-LM: a position sees the prompt, earlier blocks and its own block)
+    attention: Attention = "bidirectional"
+    #: cache modes relaykit.generate may use with this adapter ("prefix", "dual", "sub_block")
+    decode_modes: tuple[str, ...] = ("prefix", "dual", "sub_block")
 
     # --------------------------------------------------------------- modules
     def embedding(self, model: nn.Module) -> nn.Module:
@@ -201,10 +190,29 @@ class Adapter:
         return kwargs.get("past_key_values")
 
     def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        """Absolute sequence positions (b, q) of the tokens fed by this call: cache length + arange(q)."""
-        past = cache_length(self.cache_of(kwargs))
+        """Absolute sequence positions (b, q) of the tokens fed by this call.
+
+        HF convention: explicit integer ``position_ids`` (b, q) or (q,) when given, else cache length + arange(q).
+        Families override this for their own cache arguments (Fast-dLLM v1 ``replace_position``, v2 sub-blocks).
+        """
         b, q = input_ids.shape
+        given = kwargs.get("position_ids")
+        if isinstance(given, Tensor) and not given.is_floating_point() and given.shape[-1] == q and given.dim() <= 2:
+            return given.to(input_ids.device, torch.long).expand(b, q)
+        past = cache_length(self.cache_of(kwargs))
         return (past + torch.arange(q, device=input_ids.device)).unsqueeze(0).expand(b, q)
+
+    def frozen_positions(
+        self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
+    ) -> Tensor:
+        """Fed positions (b, q) bool that this call stores as committed context: relay-free, h not written.
+
+        Default: every position of a row that feeds no mask token (a prefill or a relay-free commit pass, as
+        Fast-dLLM v2's ``update_past_key_values=True`` or BD3-LM's ``store_kv`` pass), so that the cached keys and
+        values of committed blocks equal the bare backbone's (contract 4).
+        """
+        clean = ~(input_ids == mask_token_id).any(-1, keepdim=True)  # (b, 1)
+        return clean.expand_as(input_ids)
 
     def uses_cache(self, kwargs: dict[str, Any]) -> bool:
         return self.cache_of(kwargs) is not None
@@ -219,6 +227,44 @@ class Adapter:
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
             return output[0]
         raise TypeError(f"cannot find logits in a backbone output of type {type(output).__name__}")
+
+    # --------------------------------------------------------------- decoding loop (relaykit.generate)
+    def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
+        """Backbone keyword arguments for one call of :func:`relaykit.generate` (HF convention by default).
+
+        Passes ``past_key_values`` / ``use_cache`` / ``position_ids`` only when a cache is involved, and a 4D
+        attention mask (bool for sdpa, additive for eager) only when the call needs one (block-causal segments,
+        or replaced cache columns: "replace in place" is emulated by appending the fresh keys, masking the stale
+        columns and cropping afterwards). Override for families with their own cache arguments.
+        """
+        kwargs: dict[str, Any] = {}
+        if call.cache is not None or call.store:
+            if not _accepts(model, "past_key_values"):
+                raise TypeError(
+                    f"{type(model).__name__}.forward takes no past_key_values, so relaykit cannot give it a KV cache; "
+                    f"decode with use_cache=False, or use an adapter that knows this family's cache arguments"
+                )
+            kwargs["use_cache"] = True
+            kwargs["position_ids"] = call.position_ids()
+            if call.cache is not None:
+                kwargs["past_key_values"] = call.cache
+        elif _accepts(model, "use_cache"):
+            kwargs["use_cache"] = False
+        dtype = _float_dtype(model)
+        eager = getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager"
+        mask = call.attention_mask(dtype, additive=eager)
+        if mask is not None:
+            kwargs["attention_mask"] = mask
+        return kwargs
+
+    def decode_cache(self, output: Any, call: DecodeCall) -> Any:
+        """The KV cache after a call (HF: ``output.past_key_values``); None when the output carries none."""
+        cache = getattr(output, "past_key_values", None)
+        return cache if cache is not None else call.cache
+
+    def crop_cache(self, cache: Any, length: int) -> Any:
+        """The cache keeping only positions < ``length`` (HF ``crop``, or slicing a list of (k, v))."""
+        return crop_cache(cache, length)
 
     # --------------------------------------------------------------- serialisation
     def to_config(self) -> dict[str, Any]:
@@ -244,4 +290,23 @@ class Adapter:
             "mask_token_id": mask,
             "tied_embeddings": self.tied(model),
             "token_shift": self.token_shift,
+            "attention": self.attention,
         }
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` takes keyword ``name`` (or **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32

@@ -38,6 +38,7 @@ from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
 from relaykit.channel import RelayChannel
+from relaykit.kvcache import cache_batch_size
 from relaykit.state import RelayState
 
 if TYPE_CHECKING:
@@ -75,7 +76,17 @@ class _Call:
     kwargs: dict[str, Any]
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
+    frozen: Tensor | None = None  # (b, q) bool: stored as committed context, relay-free (Adapter.frozen_positions)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_cache_batch(cache: Any, batch: int) -> None:
+    rows = cache_batch_size(cache)
+    if rows is not None and rows != batch:
+        raise ValueError(
+            f"the KV cache passed to this call holds {rows} rows but the input has {batch}: it comes from another "
+            f"batch; build the cache from this batch (or select its rows) before calling"
+        )
 
 
 def _check_update(update: str) -> Update:
@@ -185,6 +196,11 @@ class RelayModel(nn.Module):
         return self._attached
 
     @property
+    def enabled(self) -> bool:
+        """False inside ``relay.disabled()``: calls then run the bare backbone."""
+        return not self._disabled
+
+    @property
     def channel(self) -> RelayChannel:
         """The relay channel R (still readable after detach, e.g. to save it)."""
         return self._channel
@@ -229,16 +245,21 @@ class RelayModel(nn.Module):
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
         ids = self.adapter.embedding_input_ids(args, {})  # (b, q)
+        _check_cache_batch(self.adapter.cache_of(call.kwargs), ids.shape[0])
         positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
-        call.ids, call.positions = ids, positions
+        frozen = self.adapter.frozen_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        call.ids, call.positions, call.frozen = ids, positions, frozen
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
         state.check_batch(ids.shape[0])
         state = slot.state = state.extend(int(positions.max()) + 1) if positions.numel() else state
         hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
+        use = filled & ~frozen  # relay where a state exists, never on committed context being stored
+        if not bool(use.any()):
+            return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
-        delta = torch.where(filled.unsqueeze(-1), delta, torch.zeros_like(delta))  # no relay where no state
+        delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
         return output + delta.to(output.dtype)
 
     def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -261,6 +282,8 @@ class RelayModel(nn.Module):
                 f"subset of positions, e.g. logits_to_keep? relay needs all of them)"
             )
         where = ids == self.mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)
+        if call.frozen is not None:
+            where = where & ~call.frozen
         state = slot.state
         if state is None:
             end = int(positions.max()) + 1 if positions.numel() else 0

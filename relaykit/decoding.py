@@ -1,0 +1,381 @@
+"""generate(): the relay-aware denoising loop, full-sequence or by blocks, with or without a KV cache.
+
+Legend: b batch, P prompt length, N new tokens, T = P + N canvas length, B block length, V vocabulary.
+
+The loop is the backbone's own (LLaDA / Fast-dLLM style) plus one thing: h is forwarded from step to step. A
+step runs the backbone (one NFE), aligns the logits with the tokens (token shift), lets the policy commit some
+still-masked positions and writes their predictions into the canvas. Committed tokens are never re-masked.
+Blocks are decoded left to right; the relay state lives in the active block only (a new block starts from
+h = 0), and with a cache, committed blocks are stored once by a relay-free commit pass (see relaykit.blockrun).
+
+Never hangs: every policy commits at least one candidate per step, and the mask token is never predicted (its
+logit is suppressed), so a block with m masked positions takes at most m steps.
+
+Example::
+
+    >>> res = relaykit.generate(relay, prompt, max_new_tokens=64, block_size=32, policy=Threshold(0.9))
+    >>> res.sequences.shape, res.nfe                      # (b, P + 64), forward passes per sample
+    >>> board = relaykit.generate(relay, puzzle, max_new_tokens=0, callback=check_legal)   # infill a canvas
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from relaykit.blockrun import RUNNERS, Runner
+from relaykit.kvcache import ATTENTIONS, Attention, cache_batch_size, cache_length
+from relaykit.model import RelayModel
+from relaykit.policies import Policy, Threshold, commit_step
+from relaykit.state import RelayState
+
+CacheMode = Literal["prefix", "dual", "sub_block"]
+Callback = Callable[[int, Tensor], Any]
+Span = tuple[int, int]
+
+
+@dataclass
+class PromptCache:
+    """A backbone KV cache of committed, relay-free context that a later :func:`generate` call may reuse.
+
+    ``tokens`` (b, L) are the tokens it holds; ``segments`` its attention segments; ``tail`` (b, V) the logits at
+    its last position (they predict the next token when the backbone has a token shift).
+    """
+
+    cache: Any
+    tokens: Tensor
+    segments: tuple[Span, ...]
+    tail: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]
+
+    def check(self, canvas: Tensor, canvas_start: int) -> None:
+        """Raise unless this cache was built for the same batch and the same leading tokens as ``canvas``."""
+        b, held = self.tokens.shape
+        if canvas.shape[0] != b or (cache_batch_size(self.cache) not in (None, b)):
+            raise ValueError(
+                f"the cache passed to generate() holds {b} rows but input_ids has {canvas.shape[0]}: it comes from "
+                f"another batch; pass the cache returned for these prompts (or cache=None)"
+            )
+        if cache_length(self.cache) != held:
+            raise ValueError(
+                f"stale cache: the backbone cache holds {cache_length(self.cache)} positions but it was recorded "
+                f"with {held} tokens; it was modified after it was returned, build a new one"
+            )
+        if held > canvas_start:
+            raise ValueError(
+                f"the cache holds {held} positions but only {canvas_start} prompt positions are committed; a cache "
+                f"may only cover the clean prompt"
+            )
+        differs = (self.tokens != canvas[:, :held].to(self.tokens.device)).any(0).nonzero().flatten()
+        if differs.numel():
+            raise ValueError(
+                f"stale cache: it holds keys and values for tokens that differ from input_ids at positions "
+                f"{differs[:8].tolist()}{' ...' if differs.numel() > 8 else ''}; pass cache=None to rebuild it"
+            )
+
+
+@dataclass
+class GenerateResult:
+    """What :func:`generate` returns.
+
+    Attributes:
+        sequences: (b, T) the prompt and the decoded tokens.
+        nfe: (b,) backbone forward passes each sample needed: relay steps in which it still had masked positions
+            in the active block, plus cache passes (prompt prefill, commit passes).
+        steps: (b,) the relay steps alone.
+        trajectory: with ``return_trajectory=True``, one (b, T) bool tensor per loop step: the positions
+            committed at that step.
+        cache: with ``return_cache=True`` and an exact block cache, a :class:`PromptCache` of the whole output.
+    """
+
+    sequences: Tensor
+    nfe: Tensor
+    steps: Tensor
+    trajectory: list[Tensor] | None = None
+    cache: PromptCache | None = None
+    blocks: list[Span] = field(default_factory=list)
+
+    @property
+    def order(self) -> Tensor:
+        """(b, T) the loop step at which each position was committed; -1 where it was given."""
+        if self.trajectory is None:
+            raise ValueError("order needs the trajectory: call generate(..., return_trajectory=True)")
+        order = torch.full(self.sequences.shape, -1, dtype=torch.long, device=self.sequences.device)
+        for k, committed in enumerate(self.trajectory):
+            order[committed] = k
+        return order
+
+
+@torch.no_grad()
+def generate(
+    relay: RelayModel,
+    input_ids: Tensor,
+    *,
+    max_new_tokens: int,
+    block_size: int | None = None,
+    policy: Policy | None = None,
+    use_cache: bool | CacheMode = False,
+    sub_block_size: int | None = None,
+    maskable: Tensor | None = None,
+    attention: Attention | None = None,
+    state: RelayState | None = None,
+    cache: PromptCache | None = None,
+    return_trajectory: bool = False,
+    return_cache: bool = False,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerateResult:
+    """Decode ``input_ids`` (b, P) plus ``max_new_tokens`` masks with the relay forwarding h between steps.
+
+    Args:
+        relay: the attached model (:func:`relaykit.attach`).
+        input_ids: (b, P) prompt, or with ``max_new_tokens=0`` a canvas that already holds mask tokens to infill
+            (e.g. an 81-cell Sudoku board with the blanks masked).
+        max_new_tokens: masks appended after the prompt (0: infill ``input_ids``).
+        block_size: decode the canvas in blocks of this size, left to right (semi-autoregressive); must divide
+            the canvas. None: the whole canvas is one block.
+        policy: which masked positions a step commits (``relaykit.policies``); default ``Threshold(0.9)``.
+        use_cache: False (recompute every step), True or "prefix" (block-level prefix cache; exact for
+            block-causal backbones), "dual" (Fast-dLLM v1 dual cache) or "sub_block" (Fast-dLLM v2 block cache).
+        sub_block_size: inside a block, commit sub-blocks of this size left to right (Fast-dLLM v2).
+        maskable: (b, P) or (b, T) bool, positions the loop may fill (default: every masked position).
+        attention: "bidirectional" or "block_causal"; default the adapter's ``attention``.
+        state: initial relay state covering the canvas (each block starts from its window); default h = 0.
+        cache: a :class:`PromptCache` from an earlier call whose tokens start ``input_ids`` (skips their prefill).
+        return_trajectory: keep the committed positions of every step (``result.trajectory`` / ``result.order``).
+        return_cache: also store the last block and return the cache (exact block caches only).
+        callback: ``callback(step, tokens (b, T))`` after every step, e.g. to check a board's legality.
+        generator: random generator for random policies.
+    """
+    if not isinstance(relay, RelayModel):
+        raise TypeError(f"generate() expects the RelayModel returned by relaykit.attach, got {type(relay).__name__}")
+    policy = Threshold(0.9) if policy is None else policy
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a relaykit.policies.Policy (Threshold, TopK ...), got {type(policy).__name__}")
+    mask_id = relay.mask_token_id
+    x, canvas_start = _canvas(relay, input_ids, max_new_tokens, block_size)
+    b, total = x.shape
+    maskable_t = _maskable(maskable, b, input_ids.shape[1], total, x.device)
+    mode = _mode(use_cache, block_size)
+    attention = _attention(relay, attention)
+    blocks = _blocks(canvas_start, total, block_size)
+    _check_mode(relay, mode, attention, sub_block_size, block_size or total - canvas_start, return_cache)
+    shift = int(relay.adapter.token_shift)
+    candidates = (x == mask_id) & maskable_t  # (b, T)
+    if shift and bool(candidates[:, :shift].any()):
+        raise ValueError(
+            f"position 0 is masked but the backbone has a token shift of {shift}: nothing predicts the first "
+            f"token; give at least one clean token before the first mask"
+        )
+    if state is not None:
+        _check_state(state, b, total)
+    segments = _segments(canvas_start, blocks, cache)
+    if cache is not None:
+        if mode is None or attention != "block_causal":
+            raise ValueError(
+                "cache= is reused only with an exact block cache (use_cache='prefix' or 'sub_block', "
+                "attention='block_causal')"
+            )
+        cache.check(x, canvas_start)
+    runner: Runner = RUNNERS[mode or "none"](
+        relay,
+        attention=attention,
+        segments=segments,
+        batch=b,
+        cache=None if cache is None else cache.cache,
+        tail=None if cache is None else cache.tail,
+    )
+    nfe = torch.zeros(b, dtype=torch.long, device=x.device)
+    steps = torch.zeros(b, dtype=torch.long, device=x.device)
+    trajectory: list[Tensor] | None = [] if return_trajectory else None
+    nfe += runner.prepare(x, canvas_start)
+    loop_step = 0
+    for index, (s, e) in enumerate(blocks):
+        last = index == len(blocks) - 1
+        window = None if state is None else state.window(s, e)
+        runner.begin(x, (s, e))
+        for a, c in _sub_blocks(s, e, sub_block_size):
+            while True:
+                focus = torch.zeros_like(candidates)
+                focus[:, a:c] = True
+                todo = (x == mask_id) & maskable_t & focus  # (b, T)
+                active = todo.any(-1)  # (b,)
+                if not bool(active.any()):
+                    break
+                logits, window = runner.step(x, (s, e), (a, c), window)  # (b, B, V)
+                commit, prediction = commit_step(
+                    policy, logits, x[:, s:e], mask_token_id=mask_id, maskable=todo[:, s:e], generator=generator
+                )
+                x[:, s:e] = torch.where(commit, prediction.to(x.dtype), x[:, s:e])
+                nfe += active
+                steps += active
+                if trajectory is not None:
+                    committed = torch.zeros_like(candidates)
+                    committed[:, s:e] = commit
+                    trajectory.append(committed)
+                if callback is not None:
+                    callback(loop_step, x.clone())
+                loop_step += 1
+        nfe += runner.end(x, (s, e), last=last and not return_cache)
+    out_cache = None
+    if return_cache:
+        out_cache = PromptCache(runner.cache, x.clone(), segments, runner.tail)
+    return GenerateResult(x, nfe, steps, trajectory, out_cache, blocks)
+
+
+# ---------------------------------------------------------------------- argument checks and canvas layout
+def _canvas(relay: RelayModel, input_ids: Tensor, max_new_tokens: int, block_size: int | None) -> tuple[Tensor, int]:
+    """The canvas x (b, T) = prompt + masks, and where decoding starts (P; 0 when infilling)."""
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a (batch, length) tensor of token ids, got {got}")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(
+            f"max_new_tokens must be an int >= 0 (0 infills the masks in input_ids), got {max_new_tokens!r}"
+        )
+    b, prompt = input_ids.shape
+    mask_id = relay.mask_token_id
+    if max_new_tokens == 0 and prompt == 0:
+        raise ValueError("nothing to decode: input_ids is empty and max_new_tokens=0")
+    limit = _max_positions(relay)
+    if limit is not None and prompt + max_new_tokens > limit:
+        raise ValueError(
+            f"the prompt ({prompt} tokens) plus max_new_tokens ({max_new_tokens}) is a canvas of "
+            f"{prompt + max_new_tokens} positions, longer than the backbone's {limit} positions; shorten the prompt "
+            f"or ask for fewer tokens"
+        )
+    canvas_start = prompt if max_new_tokens > 0 else 0
+    masked_prompt = (input_ids == mask_id).any(0).nonzero().flatten()
+    if max_new_tokens > 0 and masked_prompt.numel():
+        raise ValueError(
+            f"input_ids hold mask tokens at prompt positions {masked_prompt[:8].tolist()} and max_new_tokens="
+            f"{max_new_tokens}: the prompt must be clean when generating after it; to infill them pass "
+            f"max_new_tokens=0 (the whole input is then the canvas)"
+        )
+    pad = torch.full((b, max_new_tokens), mask_id, dtype=input_ids.dtype, device=input_ids.device)
+    return torch.cat([input_ids, pad], 1).long(), canvas_start  # (b, T)
+
+
+def _max_positions(relay: RelayModel) -> int | None:
+    config = getattr(relay.backbone, "config", None)
+    for name in ("max_position_embeddings", "max_sequence_length", "model_length", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _maskable(maskable: Tensor | None, b: int, prompt: int, total: int, device: torch.device) -> Tensor:
+    if maskable is None:
+        return torch.ones(b, total, dtype=torch.bool, device=device)
+    if not isinstance(maskable, Tensor) or maskable.dtype != torch.bool or maskable.dim() != 2:
+        raise ValueError("maskable must be a bool tensor of shape (batch, prompt length) or (batch, canvas length)")
+    if maskable.shape[0] != b or maskable.shape[1] not in (prompt, total):
+        raise ValueError(
+            f"maskable has shape {tuple(maskable.shape)} but input_ids need ({b}, {prompt}) or, with the new tokens, "
+            f"({b}, {total})"
+        )
+    maskable = maskable.to(device)
+    if maskable.shape[1] == prompt:
+        maskable = torch.cat([maskable, torch.ones(b, total - prompt, dtype=torch.bool, device=device)], 1)
+    return maskable
+
+
+def _mode(use_cache: bool | str, block_size: int | None) -> str | None:
+    if use_cache is False or use_cache is None:
+        return None
+    mode = "prefix" if use_cache is True else use_cache
+    if mode not in ("prefix", "dual", "sub_block"):
+        raise ValueError(f"use_cache must be False, True, 'prefix', 'dual' or 'sub_block', got {use_cache!r}")
+    if block_size is None:
+        raise ValueError(f"use_cache={use_cache!r} caches committed blocks: pass block_size=... as well")
+    return mode
+
+
+def _attention(relay: RelayModel, attention: str | None) -> Attention:
+    chosen = attention if attention is not None else getattr(relay.adapter, "attention", "bidirectional")
+    if chosen not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {chosen!r}")
+    return chosen  # type: ignore[return-value]
+
+
+def _blocks(canvas_start: int, total: int, block_size: int | None) -> list[Span]:
+    length = total - canvas_start
+    if block_size is None:
+        return [(canvas_start, total)]
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+    if length % block_size:
+        raise ValueError(
+            f"block_size {block_size} does not divide the canvas of {length} positions "
+            f"(positions {canvas_start}..{total - 1}); choose a block size that divides it, e.g. "
+            f"{_divisor_near(length, block_size)}"
+        )
+    return [(s, s + block_size) for s in range(canvas_start, total, block_size)]
+
+
+def _divisor_near(n: int, k: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), -d))
+
+
+def _sub_blocks(s: int, e: int, size: int | None) -> list[Span]:
+    if size is None:
+        return [(s, e)]
+    return [(a, min(a + size, e)) for a in range(s, e, size)]
+
+
+def _check_mode(
+    relay: RelayModel, mode: str | None, attention: str, sub: int | None, block: int, return_cache: bool
+) -> None:
+    if sub is not None:
+        if not isinstance(sub, int) or isinstance(sub, bool) or sub < 1 or block % sub:
+            raise ValueError(f"sub_block_size must be a positive int dividing the block size {block}, got {sub!r}")
+    if mode == "sub_block" and sub is None:
+        raise ValueError("use_cache='sub_block' needs sub_block_size=... (Fast-dLLM v2 uses 8 for blocks of 32)")
+    if mode is not None and mode not in getattr(relay.adapter, "decode_modes", ()):
+        raise ValueError(
+            f"adapter {relay.adapter.name!r} does not support use_cache={mode!r}; it supports "
+            f"{list(getattr(relay.adapter, 'decode_modes', ()))}"
+        )
+    if mode == "dual" and attention != "bidirectional":
+        raise ValueError(
+            "use_cache='dual' is Fast-dLLM v1's cache for bidirectional backbones; with block-causal "
+            "attention later blocks are never attended: use 'prefix'"
+        )
+    if mode == "sub_block" and attention != "block_causal":
+        raise ValueError(
+            "use_cache='sub_block' is Fast-dLLM v2's cache for block-causal backbones; pass "
+            "attention='block_causal' or use 'prefix' / 'dual'"
+        )
+    if return_cache and not (mode in ("prefix", "sub_block") and attention == "block_causal"):
+        raise ValueError(
+            "return_cache=True needs an exact block cache: use_cache='prefix' or 'sub_block' with "
+            "attention='block_causal'"
+        )
+
+
+def _check_state(state: RelayState, b: int, total: int) -> None:
+    if not isinstance(state, RelayState):
+        raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+    state.check_batch(b, what="input_ids")
+    if state.offset != 0 or state.length != total:
+        raise ValueError(
+            f"the relay state covers positions {state.offset}..{state.end - 1} but the canvas is positions "
+            f"0..{total - 1}; pass a state made for this canvas (RelayState.zeros(batch, {total}, hidden))"
+        )
+
+
+def _segments(canvas_start: int, blocks: list[Span], cache: PromptCache | None) -> tuple[Span, ...]:
+    """Attention segments: the cached context's own, the rest of the prompt, then each block."""
+    segments: list[Span] = list(cache.segments) if cache is not None else []
+    held = cache.length if cache is not None else 0
+    if canvas_start > held:
+        segments.append((held, canvas_start))
+    return tuple(segments + blocks)
