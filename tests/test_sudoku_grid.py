@@ -80,8 +80,15 @@ def test_legality_checker_on_known_boards() -> None:
     assert legal(boards).tolist() == [True, True, False, False, False, True]
 
 
-@given(st.lists(st.integers(0, 9), min_size=81, max_size=81))
-def test_batched_legality_matches_the_reference(cells: list[int]) -> None:
+@given(st.lists(st.integers(0, 81), min_size=0, max_size=81), st.integers(0, 2**32 - 1))
+def test_batched_legality_matches_the_reference(blanks: list[int], seed: int) -> None:
+    # a solution with some cells blanked and, half the time, one cell overwritten: legal and illegal boards
+    cells = list(EASY_SOLUTION)
+    for i in blanks:
+        cells[i % 81] = 0
+    rng = random.Random(seed)
+    if rng.random() < 0.5:
+        cells[rng.randrange(81)] = rng.randint(1, 9)
     assert bool(legal(torch.tensor([cells]))[0]) == is_legal(cells)
 
 

@@ -1,14 +1,16 @@
 """Evaluation: decode every puzzle with relaykit's loop at each confidence threshold, with and without h.
 
-After every denoising step the partial board (givens + committed cells) of each puzzle still being decoded is
-checked for legality (no digit repeated in a row, column or box); ``legal_fraction`` is the share of those
-(puzzle, step) boards that are fully legal. NFE counts forward passes per puzzle.
+Decoding is ``relaykit.generate`` infilling the 81-cell canvas. After every denoising step the partial board
+(givens + committed cells) of each puzzle still being decoded is checked for legality (no digit repeated in a
+row, column or box); ``legal_fraction`` is the share of those (puzzle, step) boards that are fully legal. NFE
+counts forward passes per puzzle.
 
 Legend: b batch, n = 81 cells.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor
 
 import relaykit
-from relaykit.policies import Threshold, commit_step
+from relaykit.policies import Threshold
 from sudoku.data import PuzzleSet, legal
 from sudoku.model import MASK
 
@@ -25,30 +27,24 @@ from sudoku.model import MASK
 def decode(
     relay: relaykit.RelayModel, puzzles: Tensor, threshold: float, *, zero_h: bool = False
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fill the blanks of ``puzzles`` (b, n) (0 = blank = mask).
+    """Fill the blanks of ``puzzles`` (b, n) (0 = blank = mask) with ``relaykit.generate``.
 
     Returns (boards (b, n), nfe (b,), legal steps (b,), steps checked (b,)). ``zero_h`` runs the same model with
     h = 0 at every step (relay disabled): the ablation that shows whether the relayed state carries information.
     """
-    policy = Threshold(threshold)
-    z = puzzles.clone()
-    b = z.shape[0]
-    nfe = torch.zeros(b, dtype=torch.long)
-    legal_steps = torch.zeros(b, dtype=torch.long)
-    state = None
-    while bool((z == MASK).any()):
-        active = (z == MASK).any(-1)  # (b,)
-        if zero_h:
-            with relay.disabled():
-                logits = relay(z).logits  # (b, n, V)
-        else:
-            out = relay(z, state=state)
-            logits, state = out.logits, out.state
-        commit, pred = commit_step(policy, logits, z, mask_token_id=MASK)
-        z = torch.where(commit, pred, z)
-        nfe += active.long().cpu()
-        legal_steps += (active & legal(z)).long().cpu()
-    return z, nfe, legal_steps, nfe.clone()
+    previous = [puzzles]
+    legal_steps = torch.zeros(puzzles.shape[0], dtype=torch.long, device=puzzles.device)
+    checked = torch.zeros_like(legal_steps)
+
+    def check(step: int, tokens: Tensor) -> None:  # after every step: was each board still being decoded legal?
+        active = (previous[0] == MASK).any(-1)  # (b,)
+        checked.add_(active.long())
+        legal_steps.add_((active & legal(tokens)).long())
+        previous[0] = tokens
+
+    with relay.disabled() if zero_h else contextlib.nullcontext():
+        res = relaykit.generate(relay, puzzles, max_new_tokens=0, policy=Threshold(threshold), callback=check)
+    return res.sequences, res.nfe.cpu(), legal_steps.cpu(), checked.cpu()
 
 
 def evaluate(
