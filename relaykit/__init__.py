@@ -38,3 +38,22 @@ __all__ = [
     "generate",
     "inspect",
 ]
+
+# training: truncated-BPTT rollouts, the persistent driver (Algorithm 1), unmasking policies
+from relaykit.driver import METHODS, DataExhausted, PersistentRollout  # noqa: E402
+from relaykit.policies import Oracle, Policy, RandomK, Threshold, TopK, commit_step  # noqa: E402
+from relaykit.rollout import RolloutResult, bptt_rollout  # noqa: E402
+
+__all__ += [
+    "METHODS",
+    "DataExhausted",
+    "Oracle",
+    "PersistentRollout",
+    "Policy",
+    "RandomK",
+    "RolloutResult",
+    "Threshold",
+    "TopK",
+    "bptt_rollout",
+    "commit_step",
+]

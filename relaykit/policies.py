@@ -43,6 +43,15 @@ def _top_per_row(score: Tensor, candidates: Tensor, k: Tensor) -> Tensor:
     return (rank < k.unsqueeze(-1)) & candidates
 
 
+def random_per_row(candidates: Tensor, k: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``k[b]`` candidates of each row (b, n) chosen uniformly at random, (b, n) bool (all of them if fewer).
+
+    Shared by :class:`RandomK` and the random mask ratio of masked-LM training (``init="random"`` in rollouts).
+    """
+    noise = torch.rand(candidates.shape, generator=generator, device=candidates.device)  # (b, n)
+    return _top_per_row(noise, candidates, k.to(candidates.device))
+
+
 class Policy:
     """Base class: ``policy(confidence (b, n), candidates (b, n) bool) -> commit (b, n) bool``."""
 
@@ -120,8 +129,7 @@ class RandomK(Policy):
             k = torch.ceil(candidates.sum(-1) * self.fraction).long().clamp(min=1)  # (b,)
         else:
             k = torch.full(confidence.shape[:1], int(self.k or 1), device=confidence.device, dtype=torch.long)
-        noise = torch.rand(confidence.shape, generator=generator, device=confidence.device)
-        return _top_per_row(noise, candidates, k)
+        return random_per_row(candidates, k, generator)
 
 
 class Oracle(Policy):
