@@ -33,6 +33,7 @@ class Preset:
     warm: int = 600  # MLM passes the K-step methods start from
     k: int = 2  # TBPTT window
     train_threshold: float = 0.9  # unmasking policy during the rollout (confidence threshold)
+    train_fraction: float = 0.0  # ... and at least this fraction of the masked cells per step (0: threshold only)
     relay_lr: float = 1e-3
     channel: str = "linear"
     update: str = "masked"

@@ -1,7 +1,9 @@
 """Training of the four methods under one compute budget, with resumable checkpoints.
 
-* ``mlm``: one pass per step, a random fraction of the blank cells masked, relay off.
-* ``rollout``: Algorithm 1's persistent K-step teacher-forced rollout, relay off (the no-relay control).
+All four come from relaykit's persistent TBPTT driver (``relaykit.PersistentRollout``, Algorithm 1):
+
+* ``mlm``: one pass per step on fresh puzzles, a random fraction of the blank cells masked, relay off.
+* ``rollout``: the persistent K-step teacher-forced rollout, relay off (the no-relay control).
 * ``relay_sg``: the same rollout with relay on and h detached between steps.
 * ``relay``: the same rollout with gradients through h across the K-step window (truncated BPTT).
 
@@ -14,19 +16,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import relaykit
-from relaykit.policies import Threshold, commit_step
+from relaykit.policies import Policy, Threshold
 from sudoku.data import PuzzleSet, augmented_batch
-from sudoku.model import MASK, SudokuMDM, attach_relay
-from sudoku.presets import Preset
+from sudoku.model import SudokuMDM, attach_relay
+from sudoku.presets import METHODS, Preset
 
 
 def build(preset: Preset, device: torch.device) -> tuple[SudokuMDM, relaykit.RelayModel]:
@@ -58,85 +60,61 @@ def schedule(optimizer: torch.optim.Optimizer, passes: int, preset: Preset) -> N
         group["lr"] = group["base_lr"] * factor
 
 
-def mlm_loss(backbone: SudokuMDM, x0: Tensor, maskable: Tensor, generator: torch.Generator) -> Tensor:
-    """One MLM pass: mask each blank with a per-puzzle ratio r ~ U(0, 1] (at least one), CE on masked cells."""
-    b, n = x0.shape
-    ratio = 1.0 - torch.rand(b, 1, generator=generator, device=x0.device)  # (b, 1) in (0, 1]
-    masked = maskable & (torch.rand(b, n, generator=generator, device=x0.device) < ratio)  # (b, n)
-    first = (torch.rand(b, n, generator=generator, device=x0.device) * maskable).argmax(-1)  # a random blank
-    masked[torch.arange(b), first] |= maskable[torch.arange(b), first]
-    z = torch.where(masked, torch.full_like(x0, MASK), x0)  # (b, n)
-    logits = backbone(z)  # (b, n, V)
-    return F.cross_entropy(logits[masked], x0[masked])
-
-
-class Rollout:
-    """Algorithm 1's persistent state: per-sample (x0, z, h) carried across optimiser steps.
-
-    A sample whose board is fully unmasked is replaced by a new puzzle with every blank masked and h = 0.
+class AtLeastFraction(Policy):
+    """Training policy: commit every candidate with confidence >= ``threshold`` and at least the most confident
+    ``fraction`` of the candidates (rounded up). Teacher forcing makes every commit correct, so a larger fraction
+    only makes the rollout move faster: more puzzles per pass and states like those of low-NFE decoding.
     """
 
-    def __init__(self, relay: relaykit.RelayModel, pool: PuzzleSet, preset: Preset, method: str) -> None:
-        self.relay, self.pool, self.preset, self.method = relay, pool, preset, method
-        self.policy = Threshold(preset.train_threshold)
-        self.x0: Tensor | None = None
-        self.z: Tensor | None = None
-        self.state: relaykit.RelayState | None = None
+    def __init__(self, threshold: float, fraction: float) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        self.threshold, self.fraction = threshold, fraction
+        self.base = Threshold(threshold)
 
-    def refill(self, rng: np.random.Generator, device: torch.device) -> None:
-        b = self.preset.batch
-        if self.x0 is None:
-            x0, blank = augmented_batch(self.pool, b, rng)
-            self.x0, self.z = x0.to(device), torch.where(blank.to(device), MASK, x0.to(device))
-            return
-        assert self.z is not None
-        done = (self.z != MASK).all(-1)  # (b,)
-        if bool(done.any()):
-            rows = done.nonzero().squeeze(-1)
-            x0, blank = augmented_batch(self.pool, len(rows), rng)
-            x0, blank = x0.to(device), blank.to(device)
-            self.x0 = self.x0.index_copy(0, rows, x0)
-            self.z = self.z.index_copy(0, rows, torch.where(blank, MASK, x0))
-            if self.state is not None:
-                self.state = self.state.reset(rows)
+    def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        commit = self.base(confidence, candidates)  # (b, n)
+        k = torch.ceil(candidates.sum(-1, keepdim=True) * self.fraction)  # (b, 1)
+        score = confidence.masked_fill(~candidates, -1.0)  # (b, n)
+        rank = score.argsort(dim=-1, descending=True, stable=True).argsort(
+            dim=-1
+        )  # (b, n) rank of each cell in its row
+        return commit | (candidates & (rank < k))
 
-    def step(self, rng: np.random.Generator, device: torch.device) -> tuple[Tensor, float]:
-        """K teacher-forced steps; returns the mean loss (to backpropagate) and the cells committed per forward."""
-        self.refill(rng, device)
-        assert self.x0 is not None and self.z is not None
-        x0, z, state = self.x0, self.z, self.state
-        losses, committed = [], 0
-        for _ in range(self.preset.k):
-            masked = z == MASK  # (b, n)
-            if self.method == "rollout":
-                with self.relay.disabled():
-                    logits = self.relay(z).logits  # (b, n, V)
-            else:
-                out = self.relay(z, state=state)
-                logits, state = out.logits, out.state
-                if self.method == "relay_sg" and state is not None:
-                    state = state.detach()
-            losses.append(F.cross_entropy(logits[masked], x0[masked]) if bool(masked.any()) else logits.sum() * 0)
-            commit, _ = commit_step(self.policy, logits.detach(), z, mask_token_id=MASK)
-            z = torch.where(commit, x0, z)  # teacher forcing: committed cells get the solution
-            committed += int(commit.sum())
-        self.z = z
-        self.state = state.detach() if state is not None else None  # truncate BPTT at the window's end
-        return torch.stack(losses).mean(), committed / (self.preset.k * z.shape[0])
+    def __repr__(self) -> str:
+        return f"AtLeastFraction(threshold={self.threshold}, fraction={self.fraction})"
 
-    def state_dict(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            "x0": self.x0,
-            "z": self.z,
-            "hidden": None if s is None else s.hidden,
-            "filled": None if s is None else s.filled,
-        }
 
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        self.x0, self.z = d["x0"], d["z"]
-        h = d["hidden"]
-        self.state = None if h is None else relaykit.RelayState(h, d["filled"])
+def training_policy(preset: Preset) -> Policy:
+    if preset.train_fraction > 0:
+        return AtLeastFraction(preset.train_threshold, preset.train_fraction)
+    return Threshold(preset.train_threshold)
+
+
+class AugmentedStream:
+    """Endless training data for the driver: batches of (x0 (b, n), blanks (b, n)) from the pool under random
+    symmetries. Re-iterable and seeded, so a resumed driver that skips the items it already read sees the same data.
+    """
+
+    def __init__(self, pool: PuzzleSet, batch: int, seed: int) -> None:
+        self.pool, self.batch, self.seed = pool, batch, seed
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        rng = np.random.default_rng(self.seed)
+        while True:
+            yield augmented_batch(self.pool, self.batch, rng)
+
+
+def make_driver(
+    relay: relaykit.RelayModel, pool: PuzzleSet, preset: Preset, method: str, seed: int
+) -> relaykit.PersistentRollout:
+    """relaykit's persistent TBPTT driver (Algorithm 1) for one of the four methods."""
+    stream = AugmentedStream(pool, preset.batch, seed=seed * 1000 + METHODS.index(method))
+    k = 1 if method == "mlm" else preset.k
+    policy = training_policy(preset)
+    return relaykit.PersistentRollout(
+        relay, stream, batch_size=preset.batch, method=method, k=k, policy=policy, seed=seed
+    )
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
@@ -166,9 +144,7 @@ def train(
     torch.manual_seed(seed)
     model, relay = build(preset, device)
     optimizer = make_optimizer(relay, preset)
-    rollout = Rollout(relay, pool, preset, method) if method != "mlm" else None
-    rng = np.random.default_rng([seed, sum(map(ord, method))])
-    gen = torch.Generator(device=device).manual_seed(seed)
+    driver = make_driver(relay, pool, preset, method, seed)
     passes, log, wall = 0, [], 0.0
     source = running if running.exists() else (warm_path if method != "mlm" else None)
     if method != "mlm" and source is None:
@@ -179,13 +155,9 @@ def train(
         relay.channel.load_state_dict(ck["channel"])
         optimizer.load_state_dict(ck["optimizer"])
         passes, wall = ck["passes"], ck["wall"]
-        if source == running:  # an interrupted run of this method: restore everything
+        if source == running:  # an interrupted run of this method: restore the rollout rows, data position, RNG
             log = ck["log"]
-            rng.bit_generator.state = ck["rng"]
-            gen.set_state(ck["gen"].cpu())
-            torch.set_rng_state(ck["torch_rng"])
-            if rollout is not None:
-                rollout.load_state_dict(ck["rollout"])
+            driver.load_state_dict(ck["driver"])
 
     def checkpoint(path: Path) -> None:
         _save(
@@ -197,15 +169,12 @@ def train(
                 "passes": passes,
                 "wall": wall,
                 "log": log,
-                "rng": rng.bit_generator.state,
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "rollout": rollout.state_dict() if rollout is not None else None,
+                "driver": driver.state_dict(),
                 "method": method,
             },
         )
 
-    cost = 1 if method == "mlm" else preset.k
+    cost = driver.k  # forward + backward passes per optimiser step
     bar = tqdm(total=preset.budget, initial=passes, desc=f"train {method}", unit="pass", disable=not progress)
     model.train()
     since_ckpt = 0
@@ -214,12 +183,8 @@ def train(
     while passes + cost <= preset.budget:
         t0 = time.perf_counter()
         schedule(optimizer, passes, preset)
-        if rollout is None:
-            x0, blank = augmented_batch(pool, preset.batch, rng)
-            loss = mlm_loss(model, x0.to(device), blank.to(device), gen)
-            per_forward = float("nan")
-        else:
-            loss, per_forward = rollout.step(rng, device)
+        res = driver.step()
+        loss = res.loss / res.k  # mean over the window's steps: the same scale as one MLM pass
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -227,12 +192,10 @@ def train(
         passes += cost
         since_ckpt += cost
         wall += time.perf_counter() - t0
+        per_forward = float(res.committed.sum()) / (res.k * res.committed.shape[1])
         log.append((passes, loss.item(), per_forward))
         bar.update(cost)
-        post = {"loss": f"{log[-1][1]:.3f}"}
-        if rollout is not None:
-            post["cells/fwd"] = f"{per_forward:.1f}"
-        bar.set_postfix(post)
+        bar.set_postfix({"loss": f"{log[-1][1]:.3f}", "cells/fwd": f"{per_forward:.1f}"})
         if method == "mlm" and passes == preset.warm:
             checkpoint(warm_path)
         if since_ckpt >= preset.checkpoint_every:
