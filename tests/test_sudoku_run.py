@@ -13,6 +13,8 @@ from sudoku.data import generate
 from sudoku.presets import METHODS, PRESETS
 from sudoku.report import KEYS
 from sudoku.train import train
+from test_sudoku_csv import text
+from test_sudoku_grid import EASY, EASY_SOLUTION, HARD
 
 TINY = ["width=16", "layers=1", "heads=2", "budget=12", "warm=6", "batch=8", "train_puzzles=20", "eval_puzzles=6"]
 TINY += ["eval_batch=8", "checkpoint_every=4", "thresholds=0.0,0.3", "givens=30,34"]
@@ -39,6 +41,12 @@ def test_quick_preset_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # a rerun resumes from the finished checkpoints and cached evaluations: same rows
     assert run.main(argv) == 0
     assert json.loads((out / "results.json").read_text()) == rows
+    # the same trained models evaluated on an external CSV (Kaggle layout) instead of generated puzzles
+    csv = tmp_path / "kaggle.csv"
+    csv.write_text(f"quizzes,solutions\n{text(EASY, '0')},{text(EASY_SOLUTION, '0')}\n{text(HARD, '0')},\n")
+    assert run.main([*argv, "--eval-file", str(csv)]) == 0
+    ext = json.loads((out / "results.json").read_text())
+    assert {(r["subset"], r["puzzles"]) for r in ext} == {("all", 2), ("deducible", 1), ("search", 1)}
     with pytest.raises(SystemExit, match="other settings"):
         run.main([*argv[: -len(TINY)], *TINY[:-1], "givens=28,30"])
 
