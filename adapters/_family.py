@@ -13,12 +13,13 @@ from typing import Any
 
 from torch import nn
 
-from relaykit.adapter import Adapter
+from relaykit.adapter import Adapter, config_mask_id
 
 
 class FamilyAdapter(Adapter):
-    """Base of the family adapters: ``mask_token_id`` argument > config (``mask_token_id`` / ``mask_index``) >
-    :meth:`default_mask_id` (the family's published id). The argument is saved in relay_config.json."""
+    """Base of the family adapters: ``mask_token_id`` argument > config (``mask_token_id`` / ``mask_id`` /
+    ``mask_index``) > :meth:`default_mask_id` (the family's published id). The argument is saved in
+    relay_config.json."""
 
     #: the mask id of the family's published checkpoints, if any
     published_mask_id: int | None = None
@@ -31,12 +32,8 @@ class FamilyAdapter(Adapter):
     def mask_token_id(self, model: nn.Module) -> int:
         if self.mask_override is not None:
             return self.mask_override
-        config = getattr(model, "config", None)
-        for name in ("mask_token_id", "mask_index"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        return self.default_mask_id(model)
+        value = config_mask_id(model)
+        return value if value is not None else self.default_mask_id(model)
 
     def default_mask_id(self, model: nn.Module) -> int:
         """The published mask id when the embedding holds it; otherwise an error asking for the argument."""

@@ -118,12 +118,20 @@ class MDLMAdapter(FamilyAdapter):
         self._first_block = weakref.ref(blocks[0]) if blocks is not None and len(blocks) else None
         self._layout = self._block_diffusion(model)
 
-    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        b, q = input_ids.shape
-        start = 0
+    def _cached_block(self, kwargs: dict[str, Any]) -> nn.Module | None:
+        """BD3-LM's first block when this call samples with its KV cache (the cache lives on the modules)."""
         first = self._first_block() if getattr(self, "_first_block", None) is not None else None
         if kwargs.get("sample_mode") and getattr(first, "kv_cache", None) is not None:
-            start = int(first.cache_idx)  # the active block sits after the committed ones
+            return first
+        return None
+
+    def uses_cache(self, kwargs: dict[str, Any]) -> bool:
+        return self._cached_block(kwargs) is not None or super().uses_cache(kwargs)
+
+    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        b, q = input_ids.shape
+        first = self._cached_block(kwargs)
+        start = int(first.cache_idx) if first is not None else 0  # the active block sits after the committed ones
         return (start + torch.arange(q, device=input_ids.device)).expand(b, q)
 
     def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
@@ -186,13 +194,14 @@ def ddpm_cache_valid(
 ) -> bool:
     """Whether MDLM's ``ddpm_cache`` sampler may reuse the previous step's p(x0) for the next step.
 
-    Upstream reuses it when no token changed and the model is not time-conditioned. With relay active the next
-    forward sees a new h, so its output changes even when the tokens do not: the reuse would silently skip relay
-    steps, and this returns False. Example (in MDLM's ``_sample`` loop)::
+    Upstream reuses it when no token changed and the model is not time-conditioned. With a relay attached and
+    enabled the next forward sees a new h (in a session or through explicit ``state=`` passing alike), so its
+    output changes even when the tokens do not: the reuse would silently skip relay steps, and this returns False.
+    Example (in MDLM's ``_sample`` loop)::
 
         if not ddpm_cache_valid(x, x_next, time_conditioning=tc, relay=relay):
             p_x0_cache = None
     """
-    if relay is not None and relay.active:
+    if relay is not None and relay.attached and relay.enabled:
         return False
     return torch.equal(x_next, x) and not time_conditioning

@@ -110,6 +110,16 @@ def hidden_width(module: nn.Module, side: Side, *, path: str, model: nn.Module |
     )
 
 
+def config_mask_id(model: nn.Module) -> int | None:
+    """The mask id a model's config declares (``mask_token_id``, ``mask_id`` or ``mask_index``), if any."""
+    config = getattr(model, "config", None)
+    for name in ("mask_token_id", "mask_id", "mask_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def config_hidden_size(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("hidden_size", "d_model", "hidden_dim", "n_embd"):
@@ -159,11 +169,9 @@ class Adapter:
         return embedding_vocab(self.embedding(model))
 
     def mask_token_id(self, model: nn.Module) -> int:
-        config = getattr(model, "config", None)
-        for name in ("mask_token_id", "mask_id", "mask_index"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
+        value = config_mask_id(model)
+        if value is not None:
+            return value
         raise ValueError(
             f"unknown mask token id for {type(model).__name__}: its config has no mask_token_id; "
             f"pass mask_token_id=... to attach()"

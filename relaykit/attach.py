@@ -61,6 +61,24 @@ def resolve_mask_token_id(model: nn.Module, adapter: Adapter, mask_token_id: int
     return mask
 
 
+def resolve_hidden_size(model: nn.Module, adapter: Adapter, hidden_size: int | None) -> int:
+    """The final hidden width: read from the backbone, else ``hidden_size``; both given must agree."""
+    try:
+        readable: int | None = adapter.hidden_size(model)
+    except TypeError:
+        if hidden_size is None:
+            raise
+        readable = None
+    if hidden_size is None:
+        assert readable is not None
+        return readable
+    if not isinstance(hidden_size, int) or isinstance(hidden_size, bool) or hidden_size < 1:
+        raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+    if readable is not None and readable != hidden_size:
+        raise ValueError(f"hidden_size={hidden_size} but the backbone's final hidden state has width {readable}")
+    return hidden_size
+
+
 def _reference_dtype_device(module: nn.Module) -> tuple[Any, Any]:
     for p in module.parameters():
         if isinstance(p, Tensor) and p.is_floating_point():
@@ -104,12 +122,8 @@ def attach(
         )
     chosen = resolve_adapter(model, adapter, embedding=embedding, final_hidden=final_hidden)
     mask = resolve_mask_token_id(model, chosen, mask_token_id)
-    d = hidden_size if hidden_size is not None else chosen.hidden_size(model)
-    e = channel_options.pop("embedding_size", None) or chosen.embedding_size(model)
-    if e != chosen.embedding_size(model):
-        raise ValueError(
-            f"embedding_size={e} does not match the backbone's embedding width {chosen.embedding_size(model)}"
-        )
+    d = resolve_hidden_size(model, chosen, hidden_size)
+    e = chosen.embedding_size(model)
     channel = RelayChannel(ChannelConfig(hidden_size=d, embedding_size=e, **channel_options))
     dtype, device = _reference_dtype_device(chosen.embedding(model))
     if dtype is not None:

@@ -68,8 +68,8 @@ class ChannelConfig:
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
-        """Names a user may pass to ``attach(..., **channel_options)`` (sizes are resolved from the backbone)."""
-        return tuple(f.name for f in fields(cls) if f.name not in ("hidden_size",))
+        """Names a user may pass to ``attach(..., **channel_options)`` (both widths are resolved from the backbone)."""
+        return tuple(f.name for f in fields(cls) if f.name not in ("hidden_size", "embedding_size"))
 
 
 def _norm(kind: str, width: int) -> nn.Module:

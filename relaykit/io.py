@@ -163,7 +163,11 @@ def load_relay(
     chosen = adapter if adapter is not None else adapter_from_config(config["adapter"])
     saved = ChannelConfig(**config["channel"])
     saved_shape = (saved.hidden_size, saved.embedding_size)
-    actual_shape = (chosen.hidden_size(model), chosen.embedding_size(model))
+    try:
+        hidden: int = chosen.hidden_size(model)
+    except TypeError:  # width not readable from the modules: the one recorded at attach (hidden_size=...) stands
+        hidden = saved.hidden_size
+    actual_shape = (hidden, chosen.embedding_size(model))
     if saved_shape != actual_shape:
         raise ValueError(
             f"relay checkpoint {path_or_repo_id} was made for (hidden, embedding) = {saved_shape} but "

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -78,7 +78,7 @@ class _Call:
     positions: Tensor | None = None  # (b, q) absolute
     columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
     bare: Tensor | None = None  # (b, q) bool: fed positions that get no relay (Adapter.bare_positions)
-    extra: dict[str, Any] = field(default_factory=dict)
+    end: int = 0  # one past the largest fed position
 
 
 def _check_cache_batch(cache: Any, batch: int) -> None:
@@ -259,13 +259,17 @@ class RelayModel(nn.Module):
             columns = slice(*columns.indices(ids.shape[1]))
             ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
         bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
-        call.ids, call.positions, call.columns, call.bare = ids, positions, columns, bare
+        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)  # the one host sync
+        if lo < 0:
+            raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
+        call.ids, call.positions, call.columns, call.bare, call.end = ids, positions, columns, bare, hi + 1
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
         state.check_batch(ids.shape[0])
-        state = slot.state = state.extend(int(positions.max()) + 1) if positions.numel() else state
-        hidden, filled = state.gather(positions)  # (b, q, d), (b, q)
+        state = slot.state = state.extend(hi + 1)  # new positions on the right start empty (h = 0)
+        state.check_covers(lo, hi)  # a state windowed past the fed positions is an error, not a silent miss
+        hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
         use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
         if not bool(use.any()):
             return None  # exactly the bare embedding
@@ -300,9 +304,8 @@ class RelayModel(nn.Module):
         where = ids == self.mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)
         state = slot.state
         if state is None:
-            end = int(positions.max()) + 1 if positions.numel() else 0
-            state = RelayState.zeros(ids.shape[0], end, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-        slot.state = state.write(positions, hidden, where)
+            state = RelayState.zeros(ids.shape[0], call.end, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        slot.state = state.write(positions, hidden, where, check=False)  # range checked once, in _on_embedding
         slot.nfe += 1
         slot.last_positions = positions
 

@@ -126,8 +126,19 @@ class RelayState:
                 f"returned for this batch (or state=None to start from h = 0)"
             )
 
-    def _index(self, positions: Tensor) -> Tensor:
-        """Absolute positions (b, q) or (q,) -> column indices (b, q) into this state, with checks."""
+    def check_covers(self, lo: int, hi: int) -> None:
+        """Raise unless absolute positions ``lo..hi`` all lie inside this state."""
+        if lo < self.offset or hi >= self.end:
+            raise ValueError(
+                f"relay state covers positions {self.offset}..{self.end - 1} but the call feeds positions "
+                f"{lo}..{hi}; slice or extend the state (state.window / state.extend) to cover them"
+            )
+
+    def _index(self, positions: Tensor, check: bool = True) -> Tensor:
+        """Absolute positions (b, q) or (q,) -> column indices (b, q) into this state, with checks.
+
+        ``check=False`` skips only the range check (a host sync), for callers that validated the range already.
+        """
         if positions.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"positions must be an integer tensor, got {positions.dtype}")
         if positions.dim() == 1:
@@ -136,29 +147,31 @@ class RelayState:
             raise ValueError(f"positions must have shape (batch, q) or (q,), got {tuple(positions.shape)}")
         self.check_batch(positions.shape[0], what="the positions")
         positions = positions.to(self.device, torch.int64)
-        if positions.numel():
-            lo, hi = int(positions.min()), int(positions.max())
-            if lo < self.offset or hi >= self.end:
-                raise ValueError(
-                    f"relay state covers positions {self.offset}..{self.end - 1} but the call feeds positions "
-                    f"{lo}..{hi}; slice or extend the state (state.window / state.extend) to cover them"
-                )
+        if check and positions.numel():
+            lo, hi = (int(v) for v in positions.aminmax())
+            self.check_covers(lo, hi)
         return positions - self.offset
 
     # ------------------------------------------------------------------ reads
-    def gather(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Read h at absolute ``positions`` (b, q) or (q,): returns (hidden (b, q, d), filled (b, q))."""
-        idx = self._index(positions)  # (b, q)
+    def gather(self, positions: Tensor, *, check: bool = True) -> tuple[Tensor, Tensor]:
+        """Read h at absolute ``positions`` (b, q) or (q,): returns (hidden (b, q, d), filled (b, q)).
+
+        ``check=False`` skips the range check, for callers that validated the positions once already.
+        """
+        idx = self._index(positions, check)  # (b, q)
         hidden = self.hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.hidden_size))  # (b, q, d)
         return hidden, self.filled.gather(1, idx)
 
     # ------------------------------------------------------------------ functional updates
-    def write(self, positions: Tensor, values: Tensor, where: Tensor | None = None) -> RelayState:
+    def write(
+        self, positions: Tensor, values: Tensor, where: Tensor | None = None, *, check: bool = True
+    ) -> RelayState:
         """New state with ``values`` (b, q, d) written at ``positions`` (b, q) where ``where`` (b, q) is True.
 
         Everything else is carried over bit for bit. Differentiable w.r.t. both the old hidden and ``values``.
+        ``check=False`` skips the range check, for callers that validated the positions once already.
         """
-        idx = self._index(positions)  # (b, q)
+        idx = self._index(positions, check)  # (b, q)
         if values.dim() != 3 or tuple(values.shape[:2]) != tuple(idx.shape) or values.shape[2] != self.hidden_size:
             raise ValueError(
                 f"values to write must have shape (batch, q, hidden) = ({idx.shape[0]}, {idx.shape[1]}, "
@@ -188,21 +201,10 @@ class RelayState:
 
     def reset(self, rows: Sequence[int] | Tensor | None = None) -> RelayState:
         """New state with the given rows (all when None) emptied: h = 0 and nothing filled."""
-        if rows is None:
-            keep = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
-        else:
-            rows_t = torch.as_tensor(rows, device=self.device)
-            if rows_t.dtype == torch.bool:
-                if rows_t.shape != (self.batch_size,):
-                    raise ValueError(f"a bool row mask must have shape ({self.batch_size},), got {tuple(rows_t.shape)}")
-                drop = rows_t
-            else:
-                rows_t = rows_t.long().reshape(-1)
-                if rows_t.numel() and (int(rows_t.min()) < 0 or int(rows_t.max()) >= self.batch_size):
-                    raise IndexError(f"reset rows {rows_t.tolist()} are outside the batch of {self.batch_size}")
-                drop = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
-                drop[rows_t] = True
-            keep = ~drop
+        keep = torch.zeros(self.batch_size, dtype=torch.bool, device=self.device)
+        if rows is not None:
+            keep = torch.ones_like(keep)
+            keep[self._rows(rows)] = False
         hidden = torch.where(keep[:, None, None], self.hidden, torch.zeros_like(self.hidden))  # (b, n, d)
         filled = self.filled & keep[:, None]
         return RelayState(hidden, filled, self.offset)
@@ -225,10 +227,22 @@ class RelayState:
         pad_f = self.filled.new_zeros(self.batch_size, extra)
         return RelayState(torch.cat([self.hidden, pad_h], 1), torch.cat([self.filled, pad_f], 1), self.offset)
 
-    def select(self, rows: Tensor | Sequence[int]) -> RelayState:
-        """The state of a subset of rows, e.g. to follow a batch that drops finished samples."""
-        idx = torch.as_tensor(rows, device=self.device, dtype=torch.long)
+    def select(self, rows: Tensor | Sequence[int] | Sequence[bool]) -> RelayState:
+        """The state of a subset of rows (indices, or a (batch,) bool mask such as ``~finished``)."""
+        idx = self._rows(rows)
         return RelayState(self.hidden[idx], self.filled[idx], self.offset)
+
+    def _rows(self, rows: Tensor | Sequence[int] | Sequence[bool]) -> Tensor:
+        """Row indices (r,) from indices or a (batch,) bool mask, range-checked."""
+        rows_t = torch.as_tensor(rows, device=self.device)
+        if rows_t.dtype == torch.bool:
+            if tuple(rows_t.shape) != (self.batch_size,):
+                raise ValueError(f"a bool row mask must have shape ({self.batch_size},), got {tuple(rows_t.shape)}")
+            return rows_t.nonzero().flatten()
+        rows_t = rows_t.long().reshape(-1)
+        if rows_t.numel() and (int(rows_t.min()) < 0 or int(rows_t.max()) >= self.batch_size):
+            raise IndexError(f"rows {rows_t.tolist()} are outside the batch of {self.batch_size}")
+        return rows_t
 
     def to(self, *args: object, **kwargs: object) -> RelayState:
         """Move or cast the hidden tensor like ``Tensor.to`` (filled stays bool)."""

@@ -156,7 +156,7 @@ def test_relay_state_construction_errors() -> None:
         RelayState(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"window 2\.\.11 is not inside the state's positions 0\.\.9"):
         RelayState.zeros(1, 10, 4).window(2, 12)
-    with pytest.raises(IndexError, match=r"reset rows \[5\] are outside the batch of 2"):
+    with pytest.raises(IndexError, match=r"rows \[5\] are outside the batch of 2"):
         RelayState.zeros(2, 3, 4).reset([5])
 
 

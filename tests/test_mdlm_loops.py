@@ -93,7 +93,8 @@ def test_ddpm_cache_valid_follows_upstream_rule_and_refuses_reuse_under_relay() 
     x = torch.full((1, 6), MASK)
     same, changed = x.clone(), x.clone()
     changed[0, 0] = 3
-    assert ddpm_cache_valid(x, same) and ddpm_cache_valid(x, same, relay=relay)  # no relay call open
+    assert ddpm_cache_valid(x, same)  # upstream's rule without relay
+    assert not ddpm_cache_valid(x, same, relay=relay)  # an attached, enabled relay moves h between calls too
     assert not ddpm_cache_valid(x, changed) and not ddpm_cache_valid(x, same, time_conditioning=True)
     with relay.session() as session:
         first = mdlm_forward(model, x)
