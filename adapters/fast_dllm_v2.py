@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.kvcache import DecodeCall
 
 PUBLISHED_MASK_ID = 151665
 
@@ -50,6 +51,8 @@ class FastDLLMv2Adapter(Adapter):
 
     name = "fast_dllm_v2"
     token_shift = 1
+    attention = "block_causal"
+    decode_modes = ("prefix", "sub_block")  # the block-level cache and the block (sub-block) cache
 
     def __init__(self, mask_token_id: int | None = None) -> None:
         if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
@@ -129,6 +132,41 @@ class FastDLLMv2Adapter(Adapter):
         out = inner(input_ids=torch.cat([input_ids, clean_ids], dim=1), labels=clean_ids, **kwargs)  # (b, 2n, d)
         head = model.get_output_embeddings()
         return head(out.last_hidden_state[:, :n])  # (b, n, V): logits of the noisy half
+
+    # --------------------------------------------------------------- decoding loop (relaykit.generate)
+    def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
+        """Fast-dLLM v2's own cache arguments. The model builds its block-causal mask itself, on absolute
+        multiples of ``block_size``, so the decode's blocks must sit there: the prompt length must be a multiple
+        of the block size (an infilled canvas starts at 0)."""
+        size = call.block_size
+        if call.attention != "block_causal" or size is None:
+            raise ValueError("Fast-dLLM v2 is block-causal: decode it with attention='block_causal' and a block_size")
+        starts = [a for a, _ in call.segments[1:]]
+        if any(a % size for a in starts):
+            raise ValueError(
+                f"Fast-dLLM v2 masks attention on absolute blocks of block_size={size}, but this decode's blocks "
+                f"start at {starts}: pad or trim the prompt to a multiple of {size} tokens"
+            )
+        kwargs: dict[str, Any] = {"block_size": size, "past_key_values": call.cache}
+        kwargs["use_cache"] = call.cache is not None or call.store
+        if call.kind in ("prefill", "commit"):
+            kwargs["update_past_key_values"] = True  # append the finished block (relay-free: bare_positions)
+        elif call.kind == "block":  # the whole block, cached in block_past_key_values for the sub-block calls
+            kwargs["use_block_cache"] = True
+        elif call.kind == "sub_block":
+            if call.block is None or "block_past_key_values" not in call.memo:
+                raise RuntimeError("a Fast-dLLM v2 sub-block call needs the block cache of an earlier block call")
+            kwargs["use_block_cache"] = True
+            kwargs["block_past_key_values"] = call.memo["block_past_key_values"]
+            kwargs["replace_position"] = call.start - call.block[0]
+        return kwargs
+
+    def decode_cache(self, output: Any, call: DecodeCall) -> Any:
+        """The committed-block cache; a block call's ``block_past_key_values`` is kept in ``call.memo``."""
+        if call.kind == "block":
+            call.memo["block_past_key_values"] = output.block_past_key_values
+        cache = getattr(output, "past_key_values", None)
+        return cache if cache is not None else call.cache
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "mask_token_id": self.mask_override}

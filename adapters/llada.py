@@ -20,11 +20,15 @@ A refresh call (``use_cache=True`` and no ``past_key_values``, the full forward 
 block) runs relay-free: with bidirectional attention any relay would leak into every key it caches (contract 4).
 It still writes h at its masked positions, like any step.
 
+``relaykit.generate`` drives the same caches itself (``use_cache="prefix"`` or ``"dual"``) through
+``decode_kwargs``.
+
 Example::
 
     relay = relaykit.attach(model)                       # detected from LLaDAModelLM / config.model_type "llada"
     with relay.session() as s:
         out = generate_with_dual_cache(model, prompt)    # Fast-dLLM v1's loop, unchanged
+    res = relaykit.generate(relay, prompt, max_new_tokens=128, block_size=32, use_cache="dual")
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.kvcache import DecodeCall
 
 PUBLISHED_MASK_ID = 126336
 
@@ -50,6 +55,7 @@ class LLaDAAdapter(Adapter):
 
     name = "llada"
     token_shift = 0
+    decode_modes = ("prefix", "dual")  # Fast-dLLM v1's caches (block-causal sub-blocks are Fast-dLLM v2's)
 
     def __init__(self, mask_token_id: int | None = None) -> None:
         if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
@@ -118,6 +124,25 @@ class LLaDAAdapter(Adapter):
         if kwargs.get("use_cache") and kwargs.get("past_key_values") is None:
             return torch.ones_like(input_ids, dtype=torch.bool)
         return super().bare_positions(input_ids, positions, args, kwargs, mask_token_id=mask_token_id)
+
+    # --------------------------------------------------------------- decoding loop (relaykit.generate)
+    def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
+        """Fast-dLLM v1's arguments: a list cache and, for in-place block updates (dual cache), ``replace_position``
+        (b, L) bool. No ``position_ids`` (RoPE positions are cache indices) and no mask (bidirectional).
+        ``use_cache`` is always passed (LLaDA's forward needs it on transformers 5)."""
+        if call.attention != "bidirectional":
+            raise ValueError(
+                "LLaDA attends bidirectionally and builds no block-causal mask; decode it with "
+                "attention='bidirectional' (the default for this adapter)"
+            )
+        kwargs: dict[str, Any] = {"use_cache": call.cache is not None or call.store}
+        if call.cache is not None:
+            kwargs["past_key_values"] = call.cache
+            if call.replaced is not None:
+                replace = torch.zeros(call.batch, call.cache_length, dtype=torch.bool, device=call.device)
+                replace[:, call.replaced[0] : call.replaced[1]] = True  # (b, L)
+                kwargs["replace_position"] = replace
+        return kwargs
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "mask_token_id": self.mask_override}

@@ -63,8 +63,10 @@ class Runner:
         batch: int,
         cache: Any = None,
         tail: Tensor | None = None,
+        block_size: int | None = None,
     ) -> None:
         self.relay = relay
+        self.block_size = block_size
         self.adapter = relay.adapter
         self.attention = attention
         self.segments = segments
@@ -106,6 +108,7 @@ class Runner:
             segments=self.segments,
             attention=self.attention,
             block=self.block,
+            block_size=self.block_size,
             device=x.device,
             memo=self.memo,
         )
@@ -137,9 +140,18 @@ class Runner:
             self.block_logits[:, lo - (s - 1) : hi - (s - 1)] = logits[:, lo - start : hi - start].detach()
 
     def _check_positions(self, positions: Tensor | None, start: int, stop: int) -> None:
-        expected = torch.arange(start, stop, device=positions.device if positions is not None else None)
-        if positions is None or positions.shape[-1] != stop - start or not bool((positions == expected).all()):
-            got = "none" if positions is None else f"{int(positions.min())}..{int(positions.max())}"
+        """The adapter's positions must be the fed ones, or a contiguous part of them (``Adapter.relay_columns``)."""
+        ok = positions is not None and positions.numel() > 0
+        if ok:
+            first = int(positions[0, 0])
+            expected = torch.arange(first, first + positions.shape[-1], device=positions.device)
+            ok = start <= first and first + positions.shape[-1] <= stop and bool((positions == expected).all())
+        if not ok:
+            got = (
+                "none"
+                if positions is None or not positions.numel()
+                else (f"{int(positions.min())}..{int(positions.max())}")
+            )
             raise RuntimeError(
                 f"adapter {self.adapter.name!r} reports positions {got} for a call that feeds positions "
                 f"{start}..{stop - 1}: its call_positions() does not read the arguments its decode_kwargs() passes "

@@ -194,6 +194,7 @@ def generate(
         batch=b,
         cache=None if cache is None else cache.cache,
         tail=None if cache is None else cache.tail,
+        block_size=block_size or total - canvas_start,
     )
     nfe = torch.zeros(b, dtype=torch.long, device=x.device)
     steps = torch.zeros(b, dtype=torch.long, device=x.device)

@@ -106,7 +106,8 @@ class DecodeCall:
         replaced: cache columns ``(a, b)`` this call supersedes ("replace in place": dual and sub-block caches).
         segments: attention segments covering ``0 .. stop - 1`` (prompt, then blocks), for block-causal masks.
         attention: "bidirectional" or "block_causal" (a position sees segments up to its own).
-        block: the active block ``(start, stop)``.
+        block: the active block ``(start, stop)`` (None before the first block: prompt prefill).
+        block_size: the decode's block size (the canvas length when decoding without blocks).
         memo: a dict kept for the whole decode where an adapter may keep family state between calls.
     """
 
@@ -121,6 +122,7 @@ class DecodeCall:
     segments: tuple[tuple[int, int], ...] = ()
     attention: Attention = "bidirectional"
     block: tuple[int, int] | None = None
+    block_size: int | None = None
     device: torch.device | None = None
     memo: dict[str, Any] = field(default_factory=dict)
 
