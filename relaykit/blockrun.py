@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
+from relaykit.shift import align_logits
 from relaykit.state import RelayState
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ class Runner:
         self.segments = segments
         self.batch = batch
         self.shift = int(relay.adapter.token_shift)
+        if self.shift not in (0, 1):
+            raise ValueError(f"relaykit.generate supports a token shift of 0 or 1, the adapter has {self.shift}")
         self.cache = cache
         self.memo: dict[str, Any] = {}
         self.tail = tail  # (b, V) logits at the last position the cache holds (predicts the next one when shift=1)
@@ -161,8 +164,7 @@ class Runner:
     def aligned(self) -> Tensor:
         """Logits aligned with the active block, (b, B, V): position p is predicted at p - token_shift."""
         assert self.block is not None and self.block_logits is not None
-        s, e = self.block
-        return self.block_logits[:, 1 - self.shift : 1 - self.shift + (e - s)]
+        return align_logits(self.block_logits, self.shift)[:, 1:]  # buffer holds s-1 .. e-1; keep s .. e-1
 
     def window(self, state: RelayState | None, block: Span, total: int) -> RelayState | None:
         """What the relay returned, cut to the extent the runner keeps: the block (block-causal) or the canvas."""
