@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.adapter import Side, resolve_module
+from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
 
 PUBLISHED_MASK_ID = 151665
@@ -46,18 +47,14 @@ def is_fast_dllm_v2(model: nn.Module) -> bool:
     )
 
 
-class FastDLLMv2Adapter(Adapter):
+class FastDLLMv2Adapter(FamilyAdapter):
     """Fast-dLLM v2 family adapter: block-level and sub-block caches, token shift, [x_t ; x_0] training."""
 
     name = "fast_dllm_v2"
+    published_mask_id = PUBLISHED_MASK_ID
     token_shift = 1
     attention = "block_causal"
-    decode_modes = ("prefix", "sub_block")  # the block-level cache and the block (sub-block) cache
-
-    def __init__(self, mask_token_id: int | None = None) -> None:
-        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
-            raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
-        self.mask_override = mask_token_id
+    decode_modes = ("prefix", "sub_block")  # the block-level cache (exact) and the sub-block cache
 
     # --------------------------------------------------------------- modules
     def embedding(self, model: nn.Module) -> nn.Module:
@@ -68,20 +65,6 @@ class FastDLLMv2Adapter(Adapter):
 
     def call_module(self, model: nn.Module) -> nn.Module:
         return resolve_module(model, "model", role="call module")
-
-    def mask_token_id(self, model: nn.Module) -> int:
-        if self.mask_override is not None:
-            return self.mask_override
-        value = getattr(getattr(model, "config", None), "mask_token_id", None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        vocab = self.vocab_size(model)
-        if vocab is not None and vocab > PUBLISHED_MASK_ID:
-            return PUBLISHED_MASK_ID
-        raise ValueError(
-            f"{type(model).__name__}: config has no mask_token_id and the vocabulary ({vocab}) is smaller than "
-            f"Fast-dLLM v2's |<MASK>| id {PUBLISHED_MASK_ID}; pass mask_token_id=... to attach()"
-        )
 
     # --------------------------------------------------------------- per-call behaviour
     @staticmethod
@@ -133,40 +116,40 @@ class FastDLLMv2Adapter(Adapter):
         head = model.get_output_embeddings()
         return head(out.last_hidden_state[:, :n])  # (b, n, V): logits of the noisy half
 
-    # --------------------------------------------------------------- decoding loop (relaykit.generate)
     def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
-        """Fast-dLLM v2's own cache arguments. The model builds its block-causal mask itself, on absolute
-        multiples of ``block_size``, so the decode's blocks must sit there: the prompt length must be a multiple
-        of the block size (an infilled canvas starts at 0)."""
-        size = call.block_size
-        if call.attention != "block_causal" or size is None:
-            raise ValueError("Fast-dLLM v2 is block-causal: decode it with attention='block_causal' and a block_size")
-        starts = [a for a, _ in call.segments[1:]]
-        if any(a % size for a in starts):
+        """Fast-dLLM v2's own arguments for :func:`relaykit.generate`.
+
+        The model builds its block-causal mask itself, in blocks of ``block_size`` counted from position 0, so the
+        loop's blocks must sit on multiples of ``block_size`` (a prompt length that is a multiple of it).
+        Commit and prefill passes append to the cache (``update_past_key_values``); the sub-block cache keeps
+        ``block_past_key_values`` in ``call.memo`` between calls.
+        """
+        block = call.block
+        if block is None:  # the prompt prefill: the loop's blocks follow the prompt segment
+            block = call.segments[1] if len(call.segments) > 1 else (call.start, call.stop)
+        s, e = block
+        size = e - s
+        if s % size:
             raise ValueError(
-                f"Fast-dLLM v2 masks attention on absolute blocks of block_size={size}, but this decode's blocks "
-                f"start at {starts}: pad or trim the prompt to a multiple of {size} tokens"
+                f"Fast-dLLM v2 masks attention in blocks of block_size from position 0, but this block spans "
+                f"{s}..{e - 1}; give relaykit.generate a prompt whose length is a multiple of block_size={size} "
+                f"(or use the model's own generate(), which pads the first block)"
             )
-        kwargs: dict[str, Any] = {"block_size": size, "past_key_values": call.cache}
-        kwargs["use_cache"] = call.cache is not None or call.store
-        if call.kind in ("prefill", "commit"):
-            kwargs["update_past_key_values"] = True  # append the finished block (relay-free: bare_positions)
-        elif call.kind == "block":  # the whole block, cached in block_past_key_values for the sub-block calls
-            kwargs["use_block_cache"] = True
+        kwargs: dict[str, Any] = {"block_size": size}
+        if call.cache is not None or call.store:
+            kwargs.update(use_cache=True, update_past_key_values=call.store)
+        if call.cache is not None:
+            kwargs["past_key_values"] = call.cache
+        if call.kind == "block":  # the whole active block: fills the block cache
+            kwargs.update(use_block_cache=True)
         elif call.kind == "sub_block":
-            if call.block is None or "block_past_key_values" not in call.memo:
-                raise RuntimeError("a Fast-dLLM v2 sub-block call needs the block cache of an earlier block call")
-            kwargs["use_block_cache"] = True
-            kwargs["block_past_key_values"] = call.memo["block_past_key_values"]
-            kwargs["replace_position"] = call.start - call.block[0]
+            a, _ = call.replaced if call.replaced is not None else (call.start, call.stop)
+            kwargs.update(
+                use_block_cache=True, block_past_key_values=call.memo["block_past_key_values"], replace_position=a - s
+            )
         return kwargs
 
     def decode_cache(self, output: Any, call: DecodeCall) -> Any:
-        """The committed-block cache; a block call's ``block_past_key_values`` is kept in ``call.memo``."""
         if call.kind == "block":
             call.memo["block_past_key_values"] = output.block_past_key_values
-        cache = getattr(output, "past_key_values", None)
-        return cache if cache is not None else call.cache
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "mask_token_id": self.mask_override}
+        return super().decode_cache(output, call)

@@ -20,15 +20,11 @@ A refresh call (``use_cache=True`` and no ``past_key_values``, the full forward 
 block) runs relay-free: with bidirectional attention any relay would leak into every key it caches (contract 4).
 It still writes h at its masked positions, like any step.
 
-``relaykit.generate`` drives the same caches itself (``use_cache="prefix"`` or ``"dual"``) through
-``decode_kwargs``.
-
 Example::
 
     relay = relaykit.attach(model)                       # detected from LLaDAModelLM / config.model_type "llada"
     with relay.session() as s:
         out = generate_with_dual_cache(model, prompt)    # Fast-dLLM v1's loop, unchanged
-    res = relaykit.generate(relay, prompt, max_new_tokens=128, block_size=32, use_cache="dual")
 """
 
 from __future__ import annotations
@@ -38,7 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.adapter import Side, resolve_module
+from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
 
 PUBLISHED_MASK_ID = 126336
@@ -50,17 +47,14 @@ def is_llada(model: nn.Module) -> bool:
     return type(model).__name__ in ("LLaDAModelLM", "LLaDAModel") or getattr(config, "model_type", None) == "llada"
 
 
-class LLaDAAdapter(Adapter):
+class LLaDAAdapter(FamilyAdapter):
     """LLaDA family adapter (also Fast-dLLM v1's prefix and dual caches). ``mask_token_id`` overrides the config's."""
 
     name = "llada"
+    published_mask_id = PUBLISHED_MASK_ID
     token_shift = 0
-    decode_modes = ("prefix", "dual")  # Fast-dLLM v1's caches (block-causal sub-blocks are Fast-dLLM v2's)
-
-    def __init__(self, mask_token_id: int | None = None) -> None:
-        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
-            raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
-        self.mask_override = mask_token_id
+    attention = "bidirectional"
+    decode_modes = ("prefix", "dual")  # Fast-dLLM v1's caches (the hub file refuses any cache)
 
     # --------------------------------------------------------------- modules
     def _prefix(self, model: nn.Module) -> str:
@@ -79,20 +73,6 @@ class LLaDAAdapter(Adapter):
 
     def final_hidden(self, model: nn.Module) -> tuple[nn.Module, Side]:
         return resolve_module(model, f"{self._prefix(model)}.ln_f", role="final_hidden"), "output"
-
-    def mask_token_id(self, model: nn.Module) -> int:
-        if self.mask_override is not None:
-            return self.mask_override
-        value = getattr(getattr(model, "config", None), "mask_token_id", None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        vocab = self.vocab_size(model)
-        if vocab is not None and vocab > PUBLISHED_MASK_ID:
-            return PUBLISHED_MASK_ID
-        raise ValueError(
-            f"{type(model).__name__}: config has no mask_token_id and the vocabulary ({vocab}) is smaller than "
-            f"LLaDA's published mask id {PUBLISHED_MASK_ID}; pass mask_token_id=... to attach()"
-        )
 
     def tied(self, model: nn.Module) -> bool | None:
         value = getattr(getattr(model, "config", None), "weight_tying", None)
@@ -125,24 +105,19 @@ class LLaDAAdapter(Adapter):
             return torch.ones_like(input_ids, dtype=torch.bool)
         return super().bare_positions(input_ids, positions, args, kwargs, mask_token_id=mask_token_id)
 
-    # --------------------------------------------------------------- decoding loop (relaykit.generate)
     def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
-        """Fast-dLLM v1's arguments: a list cache and, for in-place block updates (dual cache), ``replace_position``
-        (b, L) bool. No ``position_ids`` (RoPE positions are cache indices) and no mask (bidirectional).
-        ``use_cache`` is always passed (LLaDA's forward needs it on transformers 5)."""
-        if call.attention != "bidirectional":
-            raise ValueError(
-                "LLaDA attends bidirectionally and builds no block-causal mask; decode it with "
-                "attention='bidirectional' (the default for this adapter)"
-            )
-        kwargs: dict[str, Any] = {"use_cache": call.cache is not None or call.store}
+        """LLaDA's own arguments for :func:`relaykit.generate`: a list cache and a dual-cache ``replace_position``.
+
+        No position ids or attention masks: LLaDA attends bidirectionally and places RoPE by cache index.
+        """
+        kwargs: dict[str, Any] = {}
+        if call.store or call.cache is not None:
+            kwargs["use_cache"] = True
         if call.cache is not None:
             kwargs["past_key_values"] = call.cache
-            if call.replaced is not None:
-                replace = torch.zeros(call.batch, call.cache_length, dtype=torch.bool, device=call.device)
-                replace[:, call.replaced[0] : call.replaced[1]] = True  # (b, L)
-                kwargs["replace_position"] = replace
+        if call.replaced is not None:  # dual cache: the block's cached keys/values are overwritten in place
+            a, b = call.replaced
+            replace = torch.zeros(call.batch, call.cache_length, dtype=torch.bool, device=call.device)
+            replace[:, a:b] = True
+            kwargs["replace_position"] = replace
         return kwargs
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "mask_token_id": self.mask_override}

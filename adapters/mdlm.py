@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.adapter import Adapter, Side, resolve_module
+from relaykit.adapter import Side, resolve_module
+from relaykit.adapters._family import FamilyAdapter
+from relaykit.kvcache import DecodeCall
 
 if TYPE_CHECKING:
     from relaykit.model import RelayModel
@@ -61,16 +63,13 @@ def _root(model: nn.Module) -> str | None:
     return None
 
 
-class MDLMAdapter(Adapter):
+class MDLMAdapter(FamilyAdapter):
     """MDLM / BD3-LM family adapter. ``mask_token_id`` overrides the default vocab_size - 1."""
 
     name = "mdlm"
     token_shift = 0
-
-    def __init__(self, mask_token_id: int | None = None) -> None:
-        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
-            raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
-        self.mask_override = mask_token_id
+    attention = "bidirectional"
+    decode_modes: tuple[str, ...] = ()  # no cache relaykit.generate can drive (BD3-LM: use its own sampler)
 
     # --------------------------------------------------------------- modules
     def _prefix(self, model: nn.Module) -> str:
@@ -95,18 +94,11 @@ class MDLMAdapter(Adapter):
     def hidden_size(self, model: nn.Module) -> int:
         return self.embedding_size(model)  # the DiT keeps one width from vocab_embed to output_layer
 
-    def mask_token_id(self, model: nn.Module) -> int:
-        if self.mask_override is not None:
-            return self.mask_override
-        config = getattr(model, "config", None)
-        for name in ("mask_token_id", "mask_index"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
+    def default_mask_id(self, model: nn.Module) -> int:
         vocab = self.vocab_size(model)
         if vocab is None:
             raise ValueError(f"cannot read the vocabulary of {type(model).__name__}; pass mask_token_id=...")
-        return vocab - 1
+        return vocab - 1  # MDLM appends one mask token to the tokenizer's vocabulary
 
     def tied(self, model: nn.Module) -> bool | None:
         return False  # vocab_embed and output_layer.linear never share weights
@@ -179,8 +171,14 @@ class MDLMAdapter(Adapter):
             input_ids = torch.cat([input_ids, clean_ids], dim=1)  # (b, 2n)
         return model(input_ids, *args, **kwargs)
 
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "mask_token_id": self.mask_override}
+    def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
+        """Cache-free full-sequence calls; sigma 0 is supplied by :meth:`call_backbone`."""
+        if self._block_diffusion(model) is not None:
+            raise ValueError(
+                "relaykit.generate does not drive BD3-LM (its cache lives on its modules); run its own "
+                "semi-autoregressive sampler inside relay.session(), which relay follows"
+            )
+        return {}
 
 
 def ddpm_cache_valid(

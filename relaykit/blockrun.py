@@ -336,7 +336,7 @@ class SubBlockCache(Runner):
         mask_id = self.relay.mask_token_id
         if not self.block_ready or bool((x[:, a] == mask_id).any()):
             self.cache = self.adapter.crop_cache(self.cache, s)
-            self.call(x, "block", s, e, state=window, store=True)  # keeps the block's keys: the block cache
+            self.call(x, "block", s, e, state=window)  # its keys stay: the block cache (cropped at the block's end)
             self.block_ready = True
         else:
             self.call(x, "sub_block", a, b, state=window, replaced=(a, b))

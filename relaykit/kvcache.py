@@ -97,8 +97,10 @@ class DecodeCall:
     Attributes:
         kind: "prefill" (clean context), "step" (relay step in the active block), "refresh" (Fast-dLLM v1:
             full forward that refills the cache and is the block's first step), "block" / "sub_block"
-            (Fast-dLLM v2 sub-block cache: full active block / one sub-block), "commit" (relay-free pass that
-            stores a finished block).
+            (Fast-dLLM v2 sub-block cache: the full active block, whose keys and values are kept as the block
+            cache (HF convention: appended to the cache, cropped when the block ends; Fast-dLLM v2: its
+            ``block_past_key_values``), then one sub-block), "commit" (relay-free pass that stores a finished
+            block).
         start, stop: the absolute positions fed, ``start .. stop - 1`` (the input ids are ``x[:, start:stop]``).
         batch: rows in the call.
         cache: the cache passed in (None: no cache); ``cache_length`` positions it holds before the call.

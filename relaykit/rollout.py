@@ -277,7 +277,9 @@ def bptt_rollout(
         sync_counts: under torch.distributed, divide by the *global* number of masked tokens (all-reduced) and
             scale by the world size, so that DDP's gradient average equals single-process training on the global
             batch exactly. One all-reduce of k numbers per call.
-        backbone_kwargs: extra keyword arguments for every backbone call (attention masks, ...).
+        backbone_kwargs: extra keyword arguments for every backbone call (attention masks, ...). Block-diffusion
+            adapters (``adapter.clean_layout(backbone)``: BD3-LM, Fast-dLLM v2) get ``clean_ids=x0`` added, so each
+            step runs their ``[z ; x0]`` training layout with relay on ``z`` only.
 
     Example::
 
@@ -298,8 +300,9 @@ def bptt_rollout(
     check_batch(core, x0, maskable, z=z, state=state)
     mask, shift = core.mask_token_id, core.adapter.token_shift
     kwargs = dict(backbone_kwargs or {})
-
     x0 = x0.long()
+    if "clean_ids" not in kwargs and core.adapter.clean_layout(core.backbone):
+        kwargs["clean_ids"] = x0  # block diffusion (BD3-LM, Fast-dLLM v2): train on [z ; x0], relay on z only
     z = initial_z(x0, maskable, mask, init=init, generator=generator) if z is None else z.long()
     if not bool(((z == mask) & maskable).any()):
         raise ValueError(

@@ -1,0 +1,117 @@
+"""Presets of the Sudoku study: one code path, three sizes. Every field can be overridden with ``--set k=v``.
+
+Compute is counted in *passes*: one forward + backward of the model on one batch. MLM spends one pass per
+optimiser step; the K-step methods (rollout, relay_sg, relay) spend K. Every method gets the same ``budget``;
+the K-step methods start from the MLM checkpoint taken after ``warm`` passes, and those passes are counted in
+their budget (they train for ``budget - warm`` more passes). So all four models cost the same to train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from sudoku.model import ModelConfig
+
+METHODS = ("mlm", "rollout", "relay_sg", "relay")
+
+
+@dataclass
+class Preset:
+    """Everything a run depends on (saved next to the checkpoints; a resumed run must match it)."""
+
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train_puzzles: int = 3000  # generated pool, augmented by random symmetries at every draw
+    eval_puzzles: int = 300
+    givens: tuple[int, int] = (24, 28)  # clue count range of generated puzzles (train and eval)
+    batch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 50  # optimiser steps of linear learning-rate warm-up (MLM phase only)
+    budget: int = 1200  # passes per method, warm start included
+    warm: int = 600  # MLM passes the K-step methods start from
+    k: int = 2  # TBPTT window
+    train_threshold: float = 0.9  # unmasking policy during the rollout (confidence threshold)
+    train_fraction: float = 0.0  # ... and at least this fraction of the masked cells per step (0: threshold only)
+    relay_lr: float = 1e-3
+    channel: str = "linear"
+    update: str = "masked"
+    thresholds: tuple[float, ...] = (0.5, 0.7, 0.9, 0.97, 0.995)
+    eval_batch: int = 100
+    checkpoint_every: int = 100  # passes between checkpoints
+
+    def with_overrides(self, pairs: list[str]) -> Preset:
+        """A copy with ``key=value`` overrides; model fields (width, layers, heads, ff_mult) may be given directly."""
+        top = {f.name: f for f in dataclasses.fields(self)}
+        mod = {f.name for f in dataclasses.fields(ModelConfig)}
+        changes: dict[str, object] = {}
+        model_changes: dict[str, object] = {}
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--set expects key=value, got {pair!r}")
+            if key in mod:
+                model_changes[key] = int(raw)
+            elif key in top and key not in ("name", "model"):
+                changes[key] = _parse(raw, getattr(self, key))
+            else:
+                known = sorted([k for k in top if k not in ("name", "model")] + list(mod))
+                raise ValueError(f"--set: unknown key {key!r}; known keys: {', '.join(known)}")
+        preset = dataclasses.replace(self, **changes)
+        if model_changes:
+            preset = dataclasses.replace(preset, model=dataclasses.replace(self.model, **model_changes))
+        preset.check()
+        return preset
+
+    def check(self) -> None:
+        if not 0 <= self.warm < self.budget:
+            raise ValueError(f"warm must be in 0..budget-1 passes, got warm={self.warm}, budget={self.budget}")
+        if (self.budget - self.warm) < self.k:
+            raise ValueError(f"budget - warm = {self.budget - self.warm} passes is less than one K={self.k} step")
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def _parse(raw: str, current: object) -> object:
+    if isinstance(current, tuple):
+        kind = type(current[0]) if current else float
+        return tuple(kind(v) for v in raw.split(",") if v)
+    if isinstance(current, bool):
+        return raw.lower() in ("1", "true", "yes")
+    return type(current)(raw)
+
+
+PRESETS = {
+    # a first look: a small model, a few minutes on a laptop
+    "quick": Preset(
+        name="quick",
+        model=ModelConfig(width=64, layers=2, heads=4),
+        train_puzzles=500,
+        eval_puzzles=100,
+        givens=(30, 34),
+        budget=240,
+        warm=120,
+        checkpoint_every=40,
+        thresholds=(0.5, 0.9, 0.99),
+    ),
+    # the README's main command: <= 30 minutes on 2 CPU cores
+    "default": Preset(name="default"),
+    # for a GPU: a larger model, a longer run, a bigger evaluation set
+    "gpu": Preset(
+        name="gpu",
+        model=ModelConfig(width=256, layers=8, heads=8),
+        train_puzzles=20000,
+        eval_puzzles=1000,
+        givens=(22, 28),
+        batch=256,
+        lr=5e-4,
+        relay_lr=5e-4,
+        warmup=200,
+        budget=40000,
+        warm=20000,
+        eval_batch=500,
+        checkpoint_every=1000,
+    ),
+}
