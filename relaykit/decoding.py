@@ -199,6 +199,8 @@ def generate(
     nfe = torch.zeros(b, dtype=torch.long, device=x.device)
     steps = torch.zeros(b, dtype=torch.long, device=x.device)
     trajectory: list[Tensor] | None = [] if return_trajectory else None
+    if not bool(candidates.any()) and not return_cache:  # nothing to fill: no pass at all
+        return GenerateResult(x, nfe, steps, trajectory, None, blocks)
     nfe += runner.prepare(x, canvas_start)
     loop_step = 0
     carried = state  # bidirectional: one state over the canvas, carried across blocks
