@@ -280,7 +280,7 @@ class Adapter:
         columns and cropping afterwards). Override for families with their own cache arguments.
         """
         kwargs: dict[str, Any] = {}
-        if call.cache is not None or call.store:
+        if call.cache is not None or call.store or call.kind == "block":  # a block call keeps its keys (block cache)
             if not _accepts(model, "past_key_values"):
                 raise TypeError(
                     f"{type(model).__name__}.forward takes no past_key_values, so relaykit cannot give it a KV cache; "

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
+from relaykit.shift import align_logits
 from relaykit.state import RelayState
 
 if TYPE_CHECKING:
@@ -63,13 +64,17 @@ class Runner:
         batch: int,
         cache: Any = None,
         tail: Tensor | None = None,
+        block_size: int | None = None,
     ) -> None:
         self.relay = relay
+        self.block_size = block_size
         self.adapter = relay.adapter
         self.attention = attention
         self.segments = segments
         self.batch = batch
         self.shift = int(relay.adapter.token_shift)
+        if self.shift not in (0, 1):
+            raise ValueError(f"relaykit.generate supports a token shift of 0 or 1, the adapter has {self.shift}")
         self.cache = cache
         self.memo: dict[str, Any] = {}
         self.tail = tail  # (b, V) logits at the last position the cache holds (predicts the next one when shift=1)
@@ -106,6 +111,7 @@ class Runner:
             segments=self.segments,
             attention=self.attention,
             block=self.block,
+            block_size=self.block_size,
             device=x.device,
             memo=self.memo,
         )
@@ -137,9 +143,18 @@ class Runner:
             self.block_logits[:, lo - (s - 1) : hi - (s - 1)] = logits[:, lo - start : hi - start].detach()
 
     def _check_positions(self, positions: Tensor | None, start: int, stop: int) -> None:
-        expected = torch.arange(start, stop, device=positions.device if positions is not None else None)
-        if positions is None or positions.shape[-1] != stop - start or not bool((positions == expected).all()):
-            got = "none" if positions is None else f"{int(positions.min())}..{int(positions.max())}"
+        """The adapter's positions must be the fed ones, or a contiguous part of them (``Adapter.relay_columns``)."""
+        ok = positions is not None and positions.numel() > 0
+        if ok:
+            first = int(positions[0, 0])
+            expected = torch.arange(first, first + positions.shape[-1], device=positions.device)
+            ok = start <= first and first + positions.shape[-1] <= stop and bool((positions == expected).all())
+        if not ok:
+            got = (
+                "none"
+                if positions is None or not positions.numel()
+                else (f"{int(positions.min())}..{int(positions.max())}")
+            )
             raise RuntimeError(
                 f"adapter {self.adapter.name!r} reports positions {got} for a call that feeds positions "
                 f"{start}..{stop - 1}: its call_positions() does not read the arguments its decode_kwargs() passes "
@@ -149,8 +164,7 @@ class Runner:
     def aligned(self) -> Tensor:
         """Logits aligned with the active block, (b, B, V): position p is predicted at p - token_shift."""
         assert self.block is not None and self.block_logits is not None
-        s, e = self.block
-        return self.block_logits[:, 1 - self.shift : 1 - self.shift + (e - s)]
+        return align_logits(self.block_logits, self.shift)[:, 1:]  # buffer holds s-1 .. e-1; keep s .. e-1
 
     def window(self, state: RelayState | None, block: Span, total: int) -> RelayState | None:
         """What the relay returned, cut to the extent the runner keeps: the block (block-causal) or the canvas."""
@@ -322,7 +336,7 @@ class SubBlockCache(Runner):
         mask_id = self.relay.mask_token_id
         if not self.block_ready or bool((x[:, a] == mask_id).any()):
             self.cache = self.adapter.crop_cache(self.cache, s)
-            self.call(x, "block", s, e, state=window, store=True)  # keeps the block's keys: the block cache
+            self.call(x, "block", s, e, state=window)  # its keys stay: the block cache (cropped at the block's end)
             self.block_ready = True
         else:
             self.call(x, "sub_block", a, b, state=window, replaced=(a, b))

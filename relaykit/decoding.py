@@ -194,10 +194,13 @@ def generate(
         batch=b,
         cache=None if cache is None else cache.cache,
         tail=None if cache is None else cache.tail,
+        block_size=block_size or total - canvas_start,
     )
     nfe = torch.zeros(b, dtype=torch.long, device=x.device)
     steps = torch.zeros(b, dtype=torch.long, device=x.device)
     trajectory: list[Tensor] | None = [] if return_trajectory else None
+    if not bool(candidates.any()) and not return_cache:  # nothing to fill: no pass at all
+        return GenerateResult(x, nfe, steps, trajectory, None, blocks)
     nfe += runner.prepare(x, canvas_start)
     loop_step = 0
     carried = state  # bidirectional: one state over the canvas, carried across blocks

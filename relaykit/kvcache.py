@@ -97,8 +97,10 @@ class DecodeCall:
     Attributes:
         kind: "prefill" (clean context), "step" (relay step in the active block), "refresh" (Fast-dLLM v1:
             full forward that refills the cache and is the block's first step), "block" / "sub_block"
-            (Fast-dLLM v2 sub-block cache: full active block / one sub-block), "commit" (relay-free pass that
-            stores a finished block).
+            (Fast-dLLM v2 sub-block cache: the full active block, whose keys and values are kept as the block
+            cache (HF convention: appended to the cache, cropped when the block ends; Fast-dLLM v2: its
+            ``block_past_key_values``), then one sub-block), "commit" (relay-free pass that stores a finished
+            block).
         start, stop: the absolute positions fed, ``start .. stop - 1`` (the input ids are ``x[:, start:stop]``).
         batch: rows in the call.
         cache: the cache passed in (None: no cache); ``cache_length`` positions it holds before the call.
@@ -106,7 +108,8 @@ class DecodeCall:
         replaced: cache columns ``(a, b)`` this call supersedes ("replace in place": dual and sub-block caches).
         segments: attention segments covering ``0 .. stop - 1`` (prompt, then blocks), for block-causal masks.
         attention: "bidirectional" or "block_causal" (a position sees segments up to its own).
-        block: the active block ``(start, stop)``.
+        block: the active block ``(start, stop)`` (None before the first block: prompt prefill).
+        block_size: the decode's block size (the canvas length when decoding without blocks).
         memo: a dict kept for the whole decode where an adapter may keep family state between calls.
     """
 
@@ -121,6 +124,7 @@ class DecodeCall:
     segments: tuple[tuple[int, int], ...] = ()
     attention: Attention = "bidirectional"
     block: tuple[int, int] | None = None
+    block_size: int | None = None
     device: torch.device | None = None
     memo: dict[str, Any] = field(default_factory=dict)
 

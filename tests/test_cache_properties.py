@@ -12,8 +12,9 @@ step commits and to which tokens, when to commit a block, and which rows to rese
 5. cache equals recompute (block-causal prefix cache): same logits and states as recomputing without a cache.
 
 Backbones (float64): transformers Qwen2ForCausalLM under block-causal 4D masks with a DynamicCache (prefix cache,
-and the Fast-dLLM v2 sub-block cache emulated on it), and the LLaDA-like twin of tests/v1twin.py with a
-Fast-dLLM v1 list cache (block-causal prefix and sub-block; bidirectional v1 prefix and dual caches).
+and the Fast-dLLM v2 sub-block cache emulated on it); the Fast-dLLM v2 twin (tests/twins) through its own cache
+arguments (block-level cache, contract 5 exact, and block / sub-block cache); the LLaDA twin with Fast-dLLM v1's
+list cache (prefix and dual caches: approximate by design, so contracts 2 to 4).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from tiny import tiny_qwen2
-from v1twin import TinyLLaDA, TwinAdapter
+from twins.fast_dllm_v2 import tiny_fast_dllm_v2
+from twins.llada import tiny_llada
 
 import relaykit
 from relaykit.adapters import GenericAdapter
@@ -43,17 +45,18 @@ def _relay(backend: str, shift: int) -> relaykit.RelayModel:
     key = (backend, shift)
     if key not in _RELAYS:
         if backend == "qwen2":
-            relay = relaykit.attach(
-                tiny_qwen2(width=16, layers=2, dtype=torch.float64),
-                adapter=GenericAdapter(token_shift=shift),
-                mask_token_id=MASK,
-            )
+            model = tiny_qwen2(width=16, layers=2, dtype=torch.float64)
+            relay = relaykit.attach(model, adapter=GenericAdapter(token_shift=shift), mask_token_id=MASK)
+        elif backend == "fast_dllm_v2":
+            model = tiny_fast_dllm_v2(vocab=48, width=16, layers=2, dtype=torch.float64)
+            relay = relaykit.attach(model, mask_token_id=MASK)
         else:
-            torch.manual_seed(0)
-            relay = relaykit.attach(TinyLLaDA(width=16, heads=2).double(), adapter=TwinAdapter())
+            relay = relaykit.attach(tiny_llada(vocab=48, width=16, layers=2, dtype=torch.float64))
+        assert relay.adapter.name == {"qwen2": "generic"}.get(backend, backend) and relay.mask_token_id == MASK
         g = torch.Generator().manual_seed(7)
         with torch.no_grad():
-            relay.channel.proj.weight.copy_(torch.randn(relay.channel.proj.weight.shape, generator=g) * 0.5)
+            w = relay.channel.proj.weight
+            w.copy_(torch.randn(w.shape, generator=g, dtype=w.dtype) * 0.5)
         _RELAYS[key] = relay
     return _RELAYS[key]
 
@@ -69,6 +72,7 @@ class CacheMachine(RuleBasedStateMachine):
     backend = "qwen2"
     modes: tuple[tuple[str, str], ...] = (("prefix", "block_causal"), ("sub_block", "block_causal"))
     shifts: tuple[int, ...] = (0, 1)
+    aligned = False
 
     @initialize(data=st.data())
     def setup(self, data: st.DataObject) -> None:
@@ -86,7 +90,10 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def prefill(self, data: st.DataObject) -> None:
         """A new canvas: prompt + masked blocks; the cached runner prefills the prompt (relay-free)."""
-        prompt = data.draw(st.integers(self.shift, 3), label="prompt")
+        if self.aligned:  # the backbone masks attention on absolute multiples of the block size
+            prompt = self.size * data.draw(st.integers(self.shift, 2), label="prompt blocks")
+        else:
+            prompt = data.draw(st.integers(self.shift, 3), label="prompt")
         n_blocks = data.draw(st.integers(1, 3), label="blocks")
         tokens = data.draw(st.lists(st.integers(0, 29), min_size=self.batch * prompt, max_size=self.batch * prompt))
         self.prompt = prompt
@@ -95,7 +102,7 @@ class CacheMachine(RuleBasedStateMachine):
         self.x[:, :prompt] = torch.tensor(tokens, dtype=torch.long).view(self.batch, prompt)
         self.blocks = [(s, s + self.size) for s in range(prompt, self.total, self.size)]
         self.segments = tuple(([(0, prompt)] if prompt else []) + self.blocks)
-        common = dict(attention=self.attention, segments=self.segments, batch=self.batch)
+        common = dict(attention=self.attention, segments=self.segments, batch=self.batch, block_size=self.size)
         self.cached = RUNNERS[self.mode](self.relay, **common)
         self.exact = self.cached.exact
         self.ref = Recompute(self.relay, **common) if self.exact else None
@@ -124,7 +131,16 @@ class CacheMachine(RuleBasedStateMachine):
 
     def _bare_reference(self, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys and values the bare backbone computes for x[:, :stop] in one uncached pass."""
-        call = DecodeCall("prefill", 0, stop, self.batch, store=True, segments=self.segments, attention=self.attention)
+        call = DecodeCall(
+            "prefill",
+            0,
+            stop,
+            self.batch,
+            store=True,
+            segments=self.segments,
+            attention=self.attention,
+            block_size=self.size,
+        )
         kwargs = self.relay.adapter.decode_kwargs(self.relay.backbone, call)
         with torch.no_grad(), self.relay.disabled():
             out = self.relay(self.x[:, :stop], **kwargs).output
@@ -254,17 +270,19 @@ class Qwen2CacheMachine(CacheMachine):
     backend = "qwen2"
 
 
-class TwinCacheMachine(CacheMachine):
-    backend = "twin"
-    modes = (
-        ("prefix", "block_causal"),
-        ("sub_block", "block_causal"),
-        ("prefix", "bidirectional"),
-        ("dual", "bidirectional"),
-    )
+class FastDLLMv2CacheMachine(CacheMachine):
+    backend = "fast_dllm_v2"
+    shifts = (1,)
+    aligned = True
+
+
+class LLaDACacheMachine(CacheMachine):
+    backend = "llada"
+    modes = (("prefix", "bidirectional"), ("dual", "bidirectional"))
     shifts = (0,)
 
 
 _steps = settings(stateful_step_count=24)
 TestQwen2CacheContracts: type[unittest.TestCase] = _steps(Qwen2CacheMachine).TestCase
-TestTwinCacheContracts: type[unittest.TestCase] = _steps(TwinCacheMachine).TestCase
+TestFastDLLMv2CacheContracts: type[unittest.TestCase] = _steps(FastDLLMv2CacheMachine).TestCase
+TestLLaDACacheContracts: type[unittest.TestCase] = _steps(LLaDACacheMachine).TestCase

@@ -222,8 +222,11 @@ def test_infill_a_canvas_with_maskable_and_callback(mdm):
     assert torch.equal(res.steps, torch.stack([t.any(-1) for t in res.trajectory]).sum(0))
 
 
-def test_nothing_to_decode_returns_at_once(mdm):
-    res = relaykit.generate(mdm, _prompt(2, 6), max_new_tokens=0)
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_nothing_to_decode_returns_at_once(qwen, use_cache):
+    res = relaykit.generate(
+        qwen, _prompt(2, 6), max_new_tokens=0, block_size=3, use_cache=use_cache, attention="block_causal"
+    )
     assert torch.equal(res.sequences, _prompt(2, 6)) and res.nfe.tolist() == [0, 0]
 
 
