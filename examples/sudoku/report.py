@@ -56,12 +56,14 @@ def pareto(rows: list[dict[str, object]], path: Path, *, title: str = "") -> Non
 
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    top = max([100 * float(r["accuracy"]) for r in rows if r["subset"] == "all"] + [1.0])
     for method in methods:
         pts = sorted((r["nfe"], 100 * r["accuracy"]) for r in rows if r["method"] == method and r["subset"] == "all")
         if not pts:
             continue
         color, style = STYLE.get(str(method), (None, "-"))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=4, color=color, label=method)
+    ax.set_ylim(0, min(100.0, top * 1.1 + 1))
     ax.set_xlabel("mean NFE per puzzle (forward passes)")
     ax.set_ylabel("puzzles solved (%)")
     ax.set_title(title or "Sudoku: accuracy vs NFE (threshold sweep)")
