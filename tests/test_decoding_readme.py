@@ -1,9 +1,5 @@
-"""The README's decoding snippets (see /work/notes/decoding.md) run as written.
-
-The snippets are kept here verbatim; once README.md carries them (after the markers
-``<!-- decoding: executed by tests/test_readme.py -->`` and ``<!-- decoding-cache: ... -->``), the README's
-copy must equal this one.
-"""
+"""The README's decoding snippets (after the markers ``<!-- decoding: ... -->`` and ``<!-- decoding-cache: ...
+-->``) run as written."""
 
 from __future__ import annotations
 
@@ -15,29 +11,10 @@ from tiny import TinyMDM, tiny_qwen2
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
-DECODING = """\
-import relaykit
-from relaykit import Threshold, TopK
 
-relay = relaykit.attach(model, embedding="encoder.tok_emb", final_hidden="encoder.norm", mask_token_id=MASK)
-res = relaykit.generate(relay, prompt, max_new_tokens=32, block_size=8, policy=TopK(2))
-print(res.sequences.shape, res.nfe)  # (batch, prompt + 32) tokens, forward passes per sample
-board = relaykit.generate(relay, puzzle, max_new_tokens=0, policy=Threshold(0.85), return_trajectory=True,
-                          callback=lambda step, tokens: check(tokens))  # infill the masks, check every step
-"""
-
-DECODING_CACHE = """\
-relay = relaykit.attach(hf_model)  # e.g. a Qwen2ForCausalLM trained as a block diffusion model
-kw = dict(max_new_tokens=32, block_size=8, attention="block_causal", policy=Threshold(0.9))
-cached = relaykit.generate(relay, prompt, use_cache=True, **kw)  # relay-free commit pass per block
-assert (cached.sequences == relaykit.generate(relay, prompt, **kw).sequences).all()  # the cache is exact
-"""
-
-
-def _readme_copy(name: str) -> str | None:
+def _readme_copy(name: str) -> str:
     marker = f"<!-- {name}: executed by tests/test_readme.py -->"
-    if marker not in README:
-        return None
+    assert marker in README, f"README.md lost the {name!r} snippet"
     return README.split(marker)[1].split("```python\n")[1].split("```")[0]
 
 
@@ -58,14 +35,11 @@ def _namespace() -> dict[str, Any]:
 
 
 def test_decoding_snippets_run_as_written() -> None:
-    for name, text in (("decoding", DECODING), ("decoding-cache", DECODING_CACHE)):
-        copy = _readme_copy(name)  # once README.md carries the snippet, it must be this one
-        assert copy is None or copy == text, f"README snippet {name!r} differs from tests/test_decoding_readme.py"
     ns = _namespace()
-    exec(compile(DECODING, "README decoding", "exec"), ns)
+    exec(compile(_readme_copy("decoding"), "README decoding", "exec"), ns)
     assert ns["res"].sequences.shape == (2, 40) and not (ns["res"].sequences == 31).any()
     board = ns["board"]
     assert not (board.sequences == 31).any()
     assert len(ns["checked"]) == len(board.trajectory) > 0
-    exec(compile(DECODING_CACHE, "README decoding-cache", "exec"), ns)
+    exec(compile(_readme_copy("decoding-cache"), "README decoding-cache", "exec"), ns)
     assert ns["cached"].nfe.gt(0).all()
