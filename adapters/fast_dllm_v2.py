@@ -54,6 +54,7 @@ class FastDLLMv2Adapter(FamilyAdapter):
     published_mask_id = PUBLISHED_MASK_ID
     token_shift = 1
     attention = "block_causal"
+    attentions = ("block_causal",)  # the model builds its own block-causal mask
     decode_modes = ("prefix", "sub_block")  # the block-level cache (exact) and the sub-block cache
 
     # --------------------------------------------------------------- modules

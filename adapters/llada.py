@@ -54,6 +54,7 @@ class LLaDAAdapter(FamilyAdapter):
     published_mask_id = PUBLISHED_MASK_ID
     token_shift = 0
     attention = "bidirectional"
+    attentions = ("bidirectional",)  # its forward takes no attention mask from relaykit.generate
     decode_modes = ("prefix", "dual")  # Fast-dLLM v1's caches (the hub file refuses any cache)
 
     # --------------------------------------------------------------- modules

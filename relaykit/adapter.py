@@ -138,6 +138,8 @@ class Adapter:
     #: how the backbone attends while decoding: "bidirectional" (LLaDA, MDLM) or "block_causal" (Fast-dLLM v2,
     #: BD3-LM: a position sees the prompt, earlier blocks and its own block)
     attention: Attention = "bidirectional"
+    #: attention patterns relaykit.generate may ask of this adapter's backbone (the HF default passes 4D masks)
+    attentions: tuple[str, ...] = ("bidirectional", "block_causal")
     #: cache modes relaykit.generate may use with this adapter ("prefix", "dual", "sub_block")
     decode_modes: tuple[str, ...] = ("prefix", "dual", "sub_block")
 

@@ -31,8 +31,8 @@ from torch import Tensor
 
 from relaykit.blockrun import RUNNERS, Runner
 from relaykit.kvcache import ATTENTIONS, Attention, cache_batch_size, cache_length
-from relaykit.model import RelayModel
-from relaykit.policies import Policy, Threshold, commit_step
+from relaykit.model import RelayModel, unwrap_relay
+from relaykit.policies import Policy, as_policy, commit_step
 from relaykit.state import RelayState
 
 CacheMode = Literal["prefix", "dual", "sub_block"]
@@ -157,11 +157,8 @@ def generate(
         callback: ``callback(step, tokens (b, T))`` after every step, e.g. to check a board's legality.
         generator: random generator for random policies.
     """
-    if not isinstance(relay, RelayModel):
-        raise TypeError(f"generate() expects the RelayModel returned by relaykit.attach, got {type(relay).__name__}")
-    policy = Threshold(0.9) if policy is None else policy
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a relaykit.policies.Policy (Threshold, TopK ...), got {type(policy).__name__}")
+    relay = unwrap_relay(relay, caller="generate()")
+    policy = as_policy(policy)
     mask_id = relay.mask_token_id
     x, canvas_start = _canvas(relay, input_ids, max_new_tokens, block_size)
     b, total = x.shape
@@ -187,6 +184,12 @@ def generate(
                 "attention='block_causal')"
             )
         cache.check(x, canvas_start)
+        if shift and cache.tail is None:
+            raise ValueError(
+                f"the backbone has a token shift of {shift}: the first token after a cache is predicted by the logits "
+                f"at the cache's last position, so the PromptCache needs its tail (use the one returned by "
+                f"generate(..., return_cache=True))"
+            )
     runner: Runner = RUNNERS[mode or "none"](
         relay,
         attention=attention,
@@ -314,6 +317,12 @@ def _attention(relay: RelayModel, attention: str | None) -> Attention:
     chosen = attention if attention is not None else getattr(relay.adapter, "attention", "bidirectional")
     if chosen not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {chosen!r}")
+    supported = getattr(relay.adapter, "attentions", ATTENTIONS)
+    if chosen not in supported:
+        raise ValueError(
+            f"adapter {relay.adapter.name!r} cannot decode with attention={chosen!r}: its backbone attends "
+            f"{' or '.join(supported)} (its decode_kwargs pass no mask that would change that)"
+        )
     return chosen  # type: ignore[return-value]
 
 

@@ -403,3 +403,21 @@ class RelayModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}"
+
+
+def unwrap_relay(model: nn.Module, *, caller: str = "bptt_rollout") -> RelayModel:
+    """The RelayModel inside a DDP / FSDP / torch.compile wrapper (or the model itself)."""
+    seen = model
+    for _ in range(8):
+        if isinstance(seen, RelayModel):
+            return seen
+        inner = getattr(seen, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(seen, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            break
+        seen = inner
+    raise TypeError(
+        f"{caller} expects a RelayModel (from relaykit.attach) or a DDP/FSDP/compile wrapper of one; got "
+        f"{type(model).__name__}"
+    )

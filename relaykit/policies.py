@@ -168,6 +168,18 @@ def _confidence_rows(logits: Tensor, mask_token_id: int | None) -> tuple[Tensor,
     return probs.max(-1)
 
 
+def as_policy(policy: Policy | None) -> Policy:
+    """The policy to use: ``Threshold(0.9)`` for None, else a Policy (or any callable with its signature)."""
+    if policy is None:
+        return Threshold(0.9)
+    if not callable(policy):
+        raise TypeError(
+            f"policy must be a relaykit.policies.Policy (Threshold, TopK, RandomK, Oracle) or a callable "
+            f"(confidence (b, n), candidates (b, n), generator) -> commit (b, n); got {type(policy).__name__}"
+        )
+    return policy
+
+
 def confidence_and_prediction(logits: Tensor, *, mask_token_id: int | None = None) -> tuple[Tensor, Tensor]:
     """Max probability and argmax token per position, (b, n) each; the mask token is never predicted.
 

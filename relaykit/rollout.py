@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relaykit.model import RelayModel
-from relaykit.policies import Policy, Threshold, commit_step, random_per_row
+from relaykit.model import RelayModel, unwrap_relay
+from relaykit.policies import Policy, as_policy, commit_step, random_per_row
 from relaykit.shift import align_logits, gather_aligned
 from relaykit.state import RelayState
 
@@ -92,24 +92,6 @@ class RolloutResult:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def unwrap_relay(model: nn.Module) -> RelayModel:
-    """The RelayModel inside a DDP / FSDP / torch.compile wrapper (or the model itself)."""
-    seen = model
-    for _ in range(8):
-        if isinstance(seen, RelayModel):
-            return seen
-        inner = getattr(seen, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(seen, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            break
-        seen = inner
-    raise TypeError(
-        f"bptt_rollout expects a RelayModel (from relaykit.attach) or a DDP/FSDP/compile wrapper of one; got "
-        f"{type(model).__name__}"
-    )
-
-
 def initial_z(
     x0: Tensor,
     maskable: Tensor,
@@ -294,9 +276,7 @@ def bptt_rollout(
         raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
     if init not in _INITS:
         raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-    policy = Threshold(0.9) if policy is None else policy
-    if not callable(policy):
-        raise TypeError(f"policy must be a relaykit.policies.Policy, got {type(policy).__name__}")
+    policy = as_policy(policy)
     check_batch(core, x0, maskable, z=z, state=state)
     mask, shift = core.mask_token_id, core.adapter.token_shift
     kwargs = dict(backbone_kwargs or {})

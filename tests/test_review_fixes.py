@@ -89,3 +89,50 @@ def test_ddpm_cache_reuse_is_refused_between_explicit_calls() -> None:
         assert ddpm_cache_valid(x, x.clone(), relay=relay)
     relay.detach()
     assert ddpm_cache_valid(x, x.clone(), relay=relay) and not ddpm_cache_valid(x, x + 1, relay=relay)
+
+
+def test_prompt_cache_without_tail_is_refused_under_token_shift() -> None:
+    import dataclasses
+
+    from tiny import tiny_qwen2
+
+    from relaykit.adapters import GenericAdapter
+    from relaykit.policies import TopK
+
+    relay = relaykit.attach(tiny_qwen2(), GenericAdapter(token_shift=1))
+    kw = dict(block_size=4, attention="block_causal", policy=TopK(1), use_cache=True)
+    prompt = torch.randint(0, 40, (1, 4), generator=torch.Generator().manual_seed(0))
+    first = relaykit.generate(relay, prompt, max_new_tokens=4, return_cache=True, **kw)
+    assert first.cache is not None and first.cache.tail is not None
+    tailless = dataclasses.replace(first.cache, tail=None)
+    with pytest.raises(ValueError, match="PromptCache needs its tail"):
+        relaykit.generate(relay, first.sequences, max_new_tokens=4, cache=tailless, **kw)
+
+
+def test_generate_takes_wrappers_and_callable_policies_like_bptt_rollout() -> None:
+    class Wrapper(torch.nn.Module):  # the shape of DDP / FSDP wrappers: the model under .module
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    relay = relaykit.attach(TinyMDM(), embedding="encoder.tok_emb", final_hidden="encoder.norm", mask_token_id=MASK_ID)
+
+    def first_candidate(confidence: torch.Tensor, candidates: torch.Tensor, generator: object = None) -> torch.Tensor:
+        return candidates & (candidates.cumsum(-1) == 1)  # leftmost masked position
+
+    prompt = torch.randint(0, 30, (2, 3))
+    res = relaykit.generate(Wrapper(relay), prompt, max_new_tokens=4, policy=first_candidate, return_trajectory=True)
+    assert res.steps.tolist() == [4, 4] and res.order[0, 3:].tolist() == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match="policy must be a relaykit.policies.Policy"):
+        relaykit.generate(relay, prompt, max_new_tokens=4, policy=0.9)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"generate\(\) expects a RelayModel"):
+        relaykit.generate(TinyMDM(), prompt, max_new_tokens=4)  # type: ignore[arg-type]
+
+
+def test_llada_refuses_block_causal_decoding() -> None:
+    from twins.llada import tiny_llada
+
+    relay = relaykit.attach(tiny_llada())
+    prompt = torch.randint(0, 20, (1, 4))
+    with pytest.raises(ValueError, match="cannot decode with attention='block_causal'"):
+        relaykit.generate(relay, prompt, max_new_tokens=4, block_size=2, attention="block_causal")
