@@ -154,6 +154,8 @@ def train(
         model.load_state_dict(ck["model"])
         relay.channel.load_state_dict(ck["channel"])
         optimizer.load_state_dict(ck["optimizer"])
+        for group, base in zip(optimizer.param_groups, (preset.lr, preset.relay_lr)):
+            group["base_lr"] = base  # loading restores the warm start's hyperparameters; this preset's rule
         passes, wall = ck["passes"], ck["wall"]
         if source == running:  # an interrupted run of this method: restore the rollout rows, data position, RNG
             log = ck["log"]
