@@ -29,8 +29,8 @@ class Preset:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 50  # optimiser steps of linear learning-rate warm-up (MLM phase only)
-    budget: int = 1000  # passes per method, warm start included
-    warm: int = 500  # MLM passes the K-step methods start from
+    budget: int = 1800  # passes per method, warm start included
+    warm: int = 900  # MLM passes the K-step methods start from
     k: int = 2  # TBPTT window
     train_threshold: float = 0.9  # unmasking policy during the rollout (confidence threshold)
     train_fraction: float = 0.2  # ... and at least this fraction of the masked cells per step (0: threshold only)
