@@ -47,6 +47,9 @@ def test_quick_preset_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert run.main([*argv, "--eval-file", str(csv)]) == 0
     ext = json.loads((out / "results.json").read_text())
     assert {(r["subset"], r["puzzles"]) for r in ext} == {("all", 2), ("deducible", 1), ("search", 1)}
+    # evaluation-only settings reuse the trained checkpoints; training settings refuse the folder
+    assert run.main([*argv, "thresholds=0.1"]) == 0
+    assert {r["threshold"] for r in json.loads((out / "results.json").read_text())} == {0.1}
     with pytest.raises(SystemExit, match="other settings"):
         run.main([*argv[: -len(TINY)], *TINY[:-1], "givens=28,30"])
 

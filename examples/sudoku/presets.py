@@ -87,12 +87,12 @@ PRESETS = {
     # a first look: a small model, a few minutes on a laptop
     "quick": Preset(
         name="quick",
-        model=ModelConfig(width=64, layers=2, heads=4),
+        model=ModelConfig(width=96, layers=3, heads=4),
         train_puzzles=500,
         eval_puzzles=100,
         givens=(30, 34),
-        budget=400,
-        warm=200,
+        budget=800,
+        warm=400,
         checkpoint_every=50,
         eval_batch=100,
         thresholds=(0.7, 0.9, 0.99),

@@ -31,6 +31,8 @@ from sudoku.report import pareto, table, write_json  # noqa: E402
 from sudoku.train import load_trained, train  # noqa: E402
 
 ABLATIONS = {"relay_sg": "relay_sg_h0", "relay": "relay_h0"}
+#: preset fields that only change the evaluation: changing them reuses the trained checkpoints
+EVAL_ONLY = ("eval_puzzles", "thresholds", "eval_batch")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_config(out: Path, preset: Preset, seed: int) -> None:
-    """Refuse to resume a folder made with other settings (its checkpoints would not match)."""
-    config = {"preset": preset.to_dict(), "seed": seed}
+    """Refuse to resume a folder trained with other settings (its checkpoints would not match)."""
+    training = {k: v for k, v in preset.to_dict().items() if k not in EVAL_ONLY}
+    config = {"preset": training, "seed": seed}
     path = out / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.eval_file is not None:
         evalset = sdata.load_csv(args.eval_file, limit=preset.eval_puzzles)
-        eval_dir = out / "eval" / args.eval_file.stem
+        source = args.eval_file.stem
     else:
         evalset = sdata.cached(
             out / "data" / "eval.npz",
@@ -86,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed + 10_000,
             progress=progress,
         )
-        eval_dir = out / "eval" / "generated"
+        source = "generated"
     gen_s = time.perf_counter() - t0
+    taus = "_".join(f"{t:g}" for t in preset.thresholds)
+    eval_dir = out / "eval" / f"{source}-{len(evalset)}-tau{taus}"  # cached rows per evaluation setting
     print(
         f"data: {len(pool)} training puzzles (x random symmetries), {len(evalset)} evaluation puzzles "
         f"({evalset.source}; {int(evalset.deducible.sum())} deducible by singles, "
