@@ -77,7 +77,6 @@ class _Call:
     ids: Tensor | None = None
     positions: Tensor | None = None  # (b, q) absolute
     columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
-    bare: Tensor | None = None  # (b, q) bool: fed positions that get no relay (Adapter.bare_positions)
     end: int = 0  # one past the largest fed position
 
 
@@ -259,10 +258,10 @@ class RelayModel(nn.Module):
             columns = slice(*columns.indices(ids.shape[1]))
             ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
         bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
-        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)  # the one host sync
+        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)  # host sync 1 of at most 2
         if lo < 0:
             raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
-        call.ids, call.positions, call.columns, call.bare, call.end = ids, positions, columns, bare, hi + 1
+        call.ids, call.positions, call.columns, call.end = ids, positions, columns, hi + 1
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
@@ -271,7 +270,7 @@ class RelayModel(nn.Module):
         state.check_covers(lo, hi)  # a state windowed past the fed positions is an error, not a silent miss
         hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
         use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
-        if not bool(use.any()):
+        if not bool(use.any()):  # host sync 2: skip the channel when no fed position takes relay
             return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
         delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))

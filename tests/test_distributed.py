@@ -27,7 +27,13 @@ def test_two_gloo_processes_match_single_process_training(tmp_path: Path) -> Non
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(EXAMPLE),
                "--wrap", "ddp", "fsdp", "--steps", str(steps), "--global-batch", str(global_batch),
                "--dtype", "float64", "--dump", str(dump)]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    for _attempt in range(2):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        # Under heavy CPU load a gloo worker was seen to die from a signal (about 1 full-suite run in 7, exit -6,
+        # not reproducible alone). Launch once more only in that case; any other failure, and every gradient
+        # check below, counts at once.
+        if done.returncode == 0 or "(exitcode: -" not in done.stderr:
+            break
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = torch.load(dump, weights_only=True)
 
