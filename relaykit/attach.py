@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
-from relaykit.model import RelayModel, Update
+from relaykit.model import Empty, RelayModel, Update
 
 logger = logging.getLogger("relaykit")
 
@@ -95,6 +95,7 @@ def attach(
     mask_token_id: int | None = None,
     hidden_size: int | None = None,
     update: Update = "masked",
+    empty: Empty = "skip",
     **channel_options: Any,
 ) -> RelayModel:
     """Attach a zero-initialised relay channel to ``model`` and return the :class:`RelayModel` wrapping it.
@@ -108,6 +109,9 @@ def attach(
         hidden_size: width of the final hidden state when it cannot be read from the modules or config.
         update: ``"masked"`` (write h only where the input is the mask token; default, needed with caches) or
             ``"all"`` (Algorithm 1 as printed; cache-free full-sequence use).
+        empty: what positions without a state receive: ``"skip"`` (nothing, the bare embedding; default) or
+            ``"zero"`` (h = 0 there, so R(0) is added everywhere from the first step, as Algorithm 1 as printed;
+            still the identity at attach because R is zero-initialised; cache-free use only).
         **channel_options: ChannelConfig fields: ``kind`` ("linear" | "mlp" | "gated"), ``norm``, ``mlp_ratio``,
             ``bias``, ``embedding_size``.
     """
@@ -128,4 +132,4 @@ def attach(
     dtype, device = _reference_dtype_device(chosen.embedding(model))
     if dtype is not None:
         channel = channel.to(dtype=dtype, device=device)
-    return RelayModel(model, chosen, channel, mask_token_id=mask, update=update)
+    return RelayModel(model, chosen, channel, mask_token_id=mask, update=update, empty=empty)

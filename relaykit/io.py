@@ -36,7 +36,7 @@ CONFIG_NAME = "relay_config.json"
 WEIGHTS_NAME = "relay_model.safetensors"
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "adapter", "channel", "mask_token_id")
-_KNOWN = (*_REQUIRED, "relaykit_version", "update", "backbone", "weights_sha256")
+_KNOWN = (*_REQUIRED, "relaykit_version", "update", "empty", "backbone", "weights_sha256")
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -73,6 +73,7 @@ def relay_config(relay: RelayModel) -> dict[str, Any]:
         "channel": relay.channel.config.to_dict(),
         "mask_token_id": relay.mask_token_id,
         "update": relay.update,
+        "empty": relay.empty,
         "backbone": backbone_name(relay.backbone),
     }
 
@@ -180,6 +181,7 @@ def load_relay(
         mask_token_id=config["mask_token_id"],
         hidden_size=saved.hidden_size,
         update=config.get("update", "masked"),
+        empty=config.get("empty", "skip"),
         **options,
     )
     try:

@@ -11,6 +11,10 @@ optimisers see one fixed module tree):
   token is the mask token (``update="masked"``, the default, required with KV caches) or everywhere
   (``update="all"``, Algorithm 1 as printed, cache-free use only).
 
+Positions without a state (never written: h = 0) get no relay term by default (``empty="skip"``: the bare
+embedding). ``empty="zero"`` adds R(0) there, as Algorithm 1 does with h_0 = 0 (after training R(0) is a learned
+bias; before, R is zero-initialised so attaching stays the identity); cache-free use only, like ``update="all"``.
+
 Hooks do nothing unless a *slot* is active: an explicit ``relay(input_ids, state=...)`` call opens one for
 the call, ``relay.session()`` opens one for an unchanged third-party decoding loop. The channel lives in one
 child module of the backbone (``relay_channel``) so DDP/FSDP and optimisers see it; ``detach()`` removes it
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
     from os import PathLike
 
 Update = Literal["masked", "all"]
+Empty = Literal["skip", "zero"]
 CHANNEL_ATTR = "relay_channel"
 
 
@@ -95,6 +100,15 @@ def _check_update(update: str) -> Update:
     return update  # type: ignore[return-value]
 
 
+def _check_empty(empty: str) -> Empty:
+    if empty not in ("skip", "zero"):
+        raise ValueError(
+            f"empty must be 'skip' (default: no relay term where no state exists) or 'zero' (add R(0) there, "
+            f"Algorithm 1 as printed), got {empty!r}"
+        )
+    return empty  # type: ignore[return-value]
+
+
 class RelaySession:
     """Handle returned by ``relay.session()``: the implicit state, the number of forwards (NFE), resets."""
 
@@ -139,12 +153,14 @@ class RelayModel(nn.Module):
         *,
         mask_token_id: int,
         update: Update = "masked",
+        empty: Empty = "skip",
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.adapter = adapter
         self.mask_token_id = int(mask_token_id)
         self.update = _check_update(update)
+        self.empty = _check_empty(empty)
         # plain attributes (not submodules): the channel is registered once, on the backbone
         object.__setattr__(self, "_channel", channel)
         self._slots: list[_Slot] = []
@@ -234,6 +250,11 @@ class RelayModel(nn.Module):
                 "update='all' writes h at committed positions, which would make a KV cache stale; use "
                 "update='masked' (the default) whenever the backbone is called with a cache"
             )
+        if self.empty == "zero" and self.adapter.uses_cache(kwargs):
+            raise ValueError(
+                "empty='zero' adds R(0) at positions without a state, committed ones included, which would make a "
+                "KV cache stale; attach with empty='skip' (the default) to decode with a cache"
+            )
         self._call = _Call(args, kwargs)
         return None
 
@@ -263,13 +284,21 @@ class RelayModel(nn.Module):
             raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
         call.ids, call.positions, call.columns, call.end = ids, positions, columns, hi + 1
         state = slot.state
+        zero = self.empty == "zero"  # positions without a state take R(0) (Algorithm 1's h_0 = 0)
         if state is None:
-            return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
-        state.check_batch(ids.shape[0])
-        state = slot.state = state.extend(hi + 1)  # new positions on the right start empty (h = 0)
-        state.check_covers(lo, hi)  # a state windowed past the fed positions is an error, not a silent miss
-        hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
-        use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
+            if not zero:
+                return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
+            d = self._channel.config.hidden_size
+            hidden = output.new_zeros(*ids.shape, d, dtype=self._channel.proj.weight.dtype)  # (b, q, d)
+            filled = torch.zeros_like(ids, dtype=torch.bool)  # (b, q)
+        else:
+            state.check_batch(ids.shape[0])
+            state = slot.state = state.extend(hi + 1)  # new positions on the right start empty (h = 0)
+            state.check_covers(lo, hi)  # a state windowed past the fed positions is an error, not a silent miss
+            hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
+        if zero:
+            hidden = torch.where(filled.unsqueeze(-1), hidden, torch.zeros_like(hidden))  # (b, q, d): h = 0 if empty
+        use = (filled | zero) & ~bare  # relay where a state exists (or everywhere), never in a relay-free cache pass
         if not bool(use.any()):  # host sync 2: skip the channel when no fed position takes relay
             return None  # exactly the bare embedding
         delta = self._channel(hidden)  # (b, q, e)
@@ -401,7 +430,9 @@ class RelayModel(nn.Module):
         return push_relay(self, repo_id, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}"
+        return (
+            f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}, empty={self.empty}"
+        )
 
 
 def unwrap_relay(model: nn.Module, *, caller: str = "bptt_rollout") -> RelayModel:
