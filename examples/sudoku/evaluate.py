@@ -57,15 +57,20 @@ def evaluate(
     device: torch.device,
     zero_h: bool = False,
     progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Rows of results.json for one model: one per threshold x subset (``all``, ``deducible``, ``search``)."""
+    subsets: dict[str, np.ndarray] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Rows of results.json for one model, one per threshold x subset (default ``all``, ``deducible``, ``search``),
+    and the per-puzzle outcomes behind them: ``solved`` (T, N) bool and ``nfe`` (T, N) int, one row per threshold
+    (what the bootstrap intervals resample). ``cells_per_forward`` is the blanks committed per forward pass."""
     from tqdm.auto import tqdm
 
     rows = []
     puzzles = torch.from_numpy(data.puzzles)
     solutions = torch.from_numpy(data.solutions)
+    masks = data.subset_masks() if subsets is None else subsets
     total = len(thresholds) * len(data)
     bar = tqdm(total=total, desc=f"eval {method}", unit="puzzle", disable=not progress, leave=False)
+    per_solved, per_nfe = [], []
     for tau in thresholds:
         boards, nfes, legals, checked = [], [], [], []
         for start in range(0, len(data), batch):
@@ -79,8 +84,10 @@ def evaluate(
         nfe, ok, seen = torch.cat(nfes), torch.cat(legals), torch.cat(checked)
         blank = puzzles == 0
         correct = (board == solutions) & blank  # (N, n)
-        solved = (board == solutions).all(-1)
-        for subset, mask_np in data.subset_masks().items():
+        solved = (board == solutions).all(-1)  # (N,)
+        per_solved.append(solved.numpy())
+        per_nfe.append(nfe.numpy())
+        for subset, mask_np in masks.items():
             mask = torch.from_numpy(np.asarray(mask_np))
             count = int(mask.sum())
             if count == 0:
@@ -95,7 +102,8 @@ def evaluate(
                     "cell_accuracy": float(correct[mask].sum() / blank[mask].sum()),
                     "nfe": float(nfe[mask].float().mean()),
                     "legal_fraction": float(ok[mask].sum() / seen[mask].sum()),
+                    "cells_per_forward": float(blank[mask].sum() / nfe[mask].sum()) if int(nfe[mask].sum()) else 0.0,
                 }
             )
     bar.close()
-    return rows
+    return rows, {"solved": np.stack(per_solved), "nfe": np.stack(per_nfe)}
