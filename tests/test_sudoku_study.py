@@ -159,3 +159,24 @@ def test_a_folder_from_before_a_setting_existed_still_resumes(tmp_path: Path) ->
     run.check_config(tmp_path, preset, 0)  # missing keys read as their defaults
     with pytest.raises(SystemExit, match="other settings"):
         run.check_config(tmp_path, preset.with_overrides(["empty=zero"]), 0)
+
+
+@pytest.mark.parametrize("empty", ["skip", "zero"])
+def test_h_zeroed_keeps_the_learned_bias_r0(empty: str) -> None:
+    from sudoku.evaluate import zeroed_h
+    from sudoku.model import attach_relay
+
+    torch.manual_seed(0)
+    model = SudokuMDM(width=16, layers=1, heads=2)
+    relay = attach_relay(model, empty=empty)
+    torch.nn.init.normal_(relay.channel.proj.weight)
+    torch.nn.init.normal_(relay.channel.proj.bias)
+    ids = torch.zeros(2, 81, dtype=torch.long)
+    ids[:, :5] = torch.arange(1, 6)
+    with torch.no_grad():
+        first = relay(ids)  # no state yet: h = 0 everywhere (R(0) added only with empty="zero")
+        with zeroed_h(relay):
+            zeroed = relay(ids, state=relay(ids).state)  # the state given is ignored: h = 0 at every step
+        bare = model(ids)
+    assert torch.allclose(zeroed.logits, first.logits, atol=1e-6)
+    assert torch.equal(zeroed.logits, bare) == (empty == "skip")

@@ -11,6 +11,7 @@ Legend: b batch, n = 81 cells.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ def decode(
     """Fill the blanks of ``puzzles`` (b, n) (0 = blank = mask) with ``relaykit.generate``.
 
     Returns (boards (b, n), nfe (b,), legal steps (b,), steps checked (b,)). ``zero_h`` runs the same model with
-    h = 0 at every step (relay disabled): the ablation that shows whether the relayed state carries information.
+    h = 0 at every step (:func:`zeroed_h`): the ablation that shows whether the relayed state carries information.
     """
     previous = [puzzles]
     legal_steps = torch.zeros(puzzles.shape[0], dtype=torch.long, device=puzzles.device)
@@ -42,9 +43,28 @@ def decode(
         legal_steps.add_((active & legal(tokens)).long())
         previous[0] = tokens
 
-    with relay.disabled() if zero_h else contextlib.nullcontext():
+    with zeroed_h(relay) if zero_h else contextlib.nullcontext():
         res = relaykit.generate(relay, puzzles, max_new_tokens=0, policy=Threshold(threshold), callback=check)
     return res.sequences, res.nfe.cpu(), legal_steps.cpu(), checked.cpu()
+
+
+@contextlib.contextmanager
+def zeroed_h(relay: relaykit.RelayModel) -> Iterator[None]:
+    """The model with h = 0 at every step: relay disabled, except that with ``empty="zero"`` the relay term of
+    h = 0, R(0) (a learned bias), is still added to every token embedding, so only the state's information is
+    removed."""
+    with relay.disabled():
+        if relay.empty != "zero":
+            yield
+            return
+        hidden = relay.channel.config.hidden_size
+        r0 = relay.channel(torch.zeros(1, 1, hidden, device=relay.channel.proj.weight.device))  # (1, 1, e)
+        emb = relay.adapter.embedding(relay.backbone)
+        handle = emb.register_forward_hook(lambda module, args, output: output + r0.to(output.dtype))
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def evaluate(
