@@ -13,7 +13,7 @@ import pytest
 import sudoku_path  # noqa: F401
 import torch
 from sudoku import run
-from sudoku.compare import at, compare, curve
+from sudoku.compare import at, compare, curve, first_at
 from sudoku.model import ModelConfig, SudokuMDM
 from sudoku.presets import PRESETS
 from sudoku.report import aggregate, write_json
@@ -106,6 +106,10 @@ def test_interpolation_along_the_threshold_curve_never_extrapolates() -> None:
     xs, ys = np.array([8.0, 4.0]), np.array([1.0, 0.5])  # unsorted points
     assert at(6.0, xs, ys) == pytest.approx(0.75)
     assert math.isnan(at(3.0, xs, ys)) and math.isnan(at(9.0, xs, ys))
+    # NFE at matched accuracy: the first crossing along the NFE order, even when accuracy later drops
+    nfe, acc = np.array([5.0, 10.0, 19.0, 38.0]), np.array([0.0, 0.2, 0.65, 0.61])
+    assert first_at(0.56, nfe, acc) == pytest.approx(10 + (0.36 / 0.45) * 9)
+    assert math.isnan(first_at(0.7, nfe, acc)) and first_at(0.0, nfe, acc) == 5.0
 
 
 def test_compare_paired_bootstrap() -> None:

@@ -6,7 +6,8 @@ Each method's threshold sweep gives a curve of (mean NFE, accuracy) points. Agai
 its thresholds t (NFE n_R, accuracy a_R):
 
 * ``gap``: the method's accuracy interpolated at NFE n_R, minus a_R (percentage points; > 0: ahead at equal cost);
-* ``ratio``: the method's NFE interpolated at accuracy a_R, divided by n_R (< 1: as accurate for fewer passes);
+* ``ratio``: the NFE at which the method's curve first reaches accuracy a_R (interpolated), divided by n_R (< 1:
+  as accurate for fewer passes);
 * ``gap_06``: the method's accuracy at 0.6 n_R minus a_R (the issue's goal: >= 0 with the interval clear of zero).
 
 Nothing is extrapolated: a target outside the method's curve is ``None``. The interval resamples the puzzles of
@@ -50,6 +51,23 @@ def at(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.interp(x, xs, ys))
 
 
+def first_at(target: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """The smallest x at which the curve (points sorted by x) first reaches ``y = target``, interpolated linearly on
+    the first segment that crosses it; NaN when no point reaches it or the first point already exceeds it.
+
+    Accuracy is not monotone along a threshold sweep (a stricter threshold can solve fewer puzzles), so the NFE
+    needed for an accuracy is read at the first crossing, not by sorting the points by accuracy.
+    """
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    if abs(ys[0] - target) <= 1e-12:
+        return float(xs[0])
+    for i in range(len(xs) - 1):
+        if ys[i] < target <= ys[i + 1]:
+            return float(xs[i] + (target - ys[i]) / (ys[i + 1] - ys[i]) * (xs[i + 1] - xs[i]))
+    return math.nan
+
+
 def _stats(method: list[Outcome], ref: list[Outcome], t: int, idx: list[np.ndarray] | None) -> np.ndarray:
     """(gap, ratio, gap_06) averaged over seeds, for the reference's threshold index ``t``."""
     out = []
@@ -58,7 +76,7 @@ def _stats(method: list[Outcome], ref: list[Outcome], t: int, idx: list[np.ndarr
         acc_m, nfe_m = curve(m["solved"], m["nfe"], i)
         acc_r, nfe_r = curve(r["solved"], r["nfe"], i)
         gap = at(nfe_r[t], nfe_m, acc_m) - acc_r[t]
-        ratio = at(acc_r[t], acc_m, nfe_m) / nfe_r[t]
+        ratio = first_at(acc_r[t], nfe_m, acc_m) / nfe_r[t]
         gap06 = at(0.6 * nfe_r[t], nfe_m, acc_m) - acc_r[t]
         out.append((gap, ratio, gap06))
     return np.mean(np.array(out), axis=0)  # NaN when any seed is out of range
