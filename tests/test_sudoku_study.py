@@ -184,3 +184,28 @@ def test_h_zeroed_keeps_the_learned_bias_r0(empty: str) -> None:
         bare = model(ids)
     assert torch.allclose(zeroed.logits, first.logits, atol=1e-6)
     assert torch.equal(zeroed.logits, bare) == (empty == "skip")
+
+
+def test_ablation_table_reads_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sudoku import ablation
+
+    rows = [
+        _row(m, acc, nfe, tau) | {"subset": sub}
+        for m, acc in (("relay", 0.6), ("relay_h0", 0.5))
+        for tau, nfe in ((0.85, 10.0), (0.95, 20.0))
+        for sub in ("all", "val")
+    ]
+    write_json(rows, tmp_path / "results.json")
+    gap = {"gap": 0.05, "gap_lo": -0.01, "gap_hi": 0.1}
+    compared = [
+        {"method": "relay", "ref": ref, "set": "eval", "ref_threshold": t, **gap}
+        for ref in ("mlm", "rollout")
+        for t in (0.85, 0.95)
+    ]
+    (tmp_path / "comparisons.json").write_text(json.dumps(compared))
+    summary = {"seeds": [{"seed": 0, "relay": {"train_cells_per_forward": 6.5}}]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert ablation.main([f"base={tmp_path}"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("| base | 60.0 / 10.0 | 60.0 / 20.0 | 60.0 / 10.0 |")
+    assert "+5.0 [-1.0, +10.0]; +5.0 [-1.0, +10.0]" in line and "| +10.0 / +10.0 | 6.5 / 3.0 |" in line

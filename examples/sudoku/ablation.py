@@ -4,7 +4,7 @@
 
 For the ``relay`` model of each folder (``--method`` to change it): accuracy / mean NFE at two thresholds on the
 evaluation puzzles and on the validation puzzles (choose on ``val``, report ``eval``), the accuracy gap at matched
-NFE to MLM and to Rollout at their threshold-``--at`` points with the 95% bootstrap interval, the h-zeroed gap
+NFE to MLM and to Rollout at their points for the same two thresholds, with the 95% bootstrap interval, the h-zeroed gap
 (relay minus the same model with h = 0, in points) and the blanks committed per forward in training (K-step phase)
 and at test (at the first threshold). Prints a Markdown table.
 """
@@ -38,7 +38,7 @@ def _accnfe(r: dict | None) -> str:
     return text
 
 
-def line(label: str, folder: Path, method: str, taus: tuple[float, float], at: float) -> str:
+def line(label: str, folder: Path, method: str, taus: tuple[float, float]) -> str:
     rows = json.loads((folder / "results.json").read_text())
     compared = json.loads((folder / "comparisons.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())
@@ -51,18 +51,21 @@ def line(label: str, folder: Path, method: str, taus: tuple[float, float], at: f
     parts += [_accnfe(_row(rows, method, t, "all")) for t in taus]
     parts += [_accnfe(_row(rows, method, t, "val")) for t in taus]
     for ref in ("mlm", "rollout"):
-        c = next(
-            (
-                c
-                for c in compared
-                if c["method"] == method
-                and c["ref"] == ref
-                and c["set"] == "eval"
-                and abs(c["ref_threshold"] - at) < 1e-9
-            ),
-            None,
-        )
-        parts.append("n/a" if c is None else fmt(c["gap"], c["gap_lo"], c["gap_hi"]))
+        cell = []
+        for t in taus:
+            c = next(
+                (
+                    c
+                    for c in compared
+                    if c["method"] == method
+                    and c["ref"] == ref
+                    and c["set"] == "eval"
+                    and abs(c["ref_threshold"] - t) < 1e-9
+                ),
+                None,
+            )
+            cell.append("n/a" if c is None else fmt(c["gap"], c["gap_lo"], c["gap_hi"]))
+        parts.append("; ".join(cell))
     zeroed = []
     for t in taus:
         a, b = _row(rows, method, t, "all"), _row(rows, f"{method}_h0", t, "all")
@@ -79,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="LABEL=FOLDER")
     p.add_argument("--method", default="relay")
     p.add_argument("--taus", default="0.85,0.95", help="two thresholds for the accuracy / NFE columns")
-    p.add_argument("--at", type=float, default=0.95, help="reference threshold of the matched-NFE gaps")
     args = p.parse_args(argv)
     taus = tuple(float(v) for v in args.taus.split(","))
     if len(taus) != 2:
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     t0, t1 = (f"{t:g}" for t in taus)
     print(
         f"| factor | eval acc / NFE at {t0} | at {t1} | val acc / NFE at {t0} | val at {t1} | "
-        f"acc gap to MLM at equal NFE (pts, at MLM's {args.at:g}) | to Rollout | h-zeroed gap at {t0} / {t1} | "
+        f"acc gap to MLM at equal NFE (pts, at MLM's {t0}; {t1}) | to Rollout ({t0}; {t1}) | "
+        f"h-zeroed gap at {t0} / {t1} | "
         f"cells per forward: train / test at {t0} |"
     )
     print("|" + "---|" * 9)
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, folder = item.rpartition("=")
         if not sep:
             raise SystemExit(f"expected LABEL=FOLDER, got {item!r}")
-        print(line(label, Path(folder), args.method, taus, args.at))  # type: ignore[arg-type]
+        print(line(label, Path(folder), args.method, taus))  # type: ignore[arg-type]
     return 0
 
 
