@@ -38,11 +38,14 @@ from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
 from relaykit.channel import RelayChannel
+from relaykit.fingerprint import fingerprint
 from relaykit.kvcache import cache_batch_size
 from relaykit.state import RelayState
 
 if TYPE_CHECKING:
     from os import PathLike
+
+    from relaykit.config import RelayConfig
 
 Update = Literal["masked", "all"]
 CHANNEL_ATTR = "relay_channel"
@@ -152,6 +155,8 @@ class RelayModel(nn.Module):
         self._disabled = 0
         self._handles: list[RemovableHandle] = []
         self._attached = False
+        # what save_pretrained(backbone="auto") compares against: the backbone as it was handed to relaykit
+        self._backbone_reference = fingerprint(backbone, skip_prefix=CHANNEL_ATTR)
         self._register()
 
     # ------------------------------------------------------------------ attach / detach
@@ -381,21 +386,60 @@ class RelayModel(nn.Module):
             self._disabled -= 1
 
     # ------------------------------------------------------------------ persistence (see relaykit.io)
-    def save_pretrained(self, save_directory: str | PathLike[str]) -> None:
-        """Write ``relay_config.json`` and ``relay_model.safetensors`` (the channel only), atomically."""
+    @property
+    def config(self) -> RelayConfig:
+        """The typed settings of this relay (:class:`~relaykit.config.RelayConfig`), as a save records them."""
+        from relaykit.io import relay_config
+
+        return relay_config(self)
+
+    def changed_backbone_tensors(self) -> list[str]:
+        """Names of the backbone's parameters / buffers that changed since attach (or ``from_pretrained``)."""
+        from relaykit.io import changed_backbone_tensors
+
+        return changed_backbone_tensors(self)
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters) of backbone plus channel, counted once each (PEFT's name)."""
+        unique = {id(p): p for p in self.backbone.parameters()}
+        trainable = sum(p.numel() for p in unique.values() if p.requires_grad)
+        return trainable, sum(p.numel() for p in unique.values())
+
+    def print_trainable_parameters(self) -> None:
+        """Print ``trainable params: T || all params: A || trainable%: P`` as PEFT does."""
+        trainable, total = self.get_nb_trainable_parameters()
+        share = 100 * trainable / total if total else 0.0
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+
+    def save_pretrained(
+        self,
+        save_directory: str | PathLike[str],
+        *,
+        backbone: Literal["auto", "always", "never"] = "auto",
+        max_shard_size: int | str = "5GB",
+    ) -> None:
+        """Save what it takes to restore this model as trained; the folder is replaced as a whole.
+
+        ``relay_config.json``, ``relay_model.safetensors`` (the channel), a model card, and the backbone's weights
+        when any of them changed since attach (``backbone="auto"``; ``"always"`` / ``"never"`` force it).
+        """
         from relaykit.io import save_relay
 
-        save_relay(self, save_directory)
+        save_relay(self, save_directory, backbone=backbone, max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path_or_repo_id: str | PathLike[str], **kwargs: Any) -> RelayModel:
-        """Attach a saved relay to ``model`` from a local folder or a Hugging Face Hub repo id."""
+        """Attach a saved relay to ``model`` (local folder or Hub repo id), loading saved backbone weights too.
+
+        Keyword arguments: ``mask_token_id`` (overrides the saved id), ``adapter``, ``revision``, ``cache_dir``,
+        ``token``, ``local_files_only``.
+        """
         from relaykit.io import load_relay
 
         return load_relay(model, path_or_repo_id, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Upload the relay folder and a model card to the Hugging Face Hub."""
+        """Save the folder (model card included) and upload it to the Hugging Face Hub."""
         from relaykit.io import push_relay
 
         return push_relay(self, repo_id, **kwargs)
