@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.policies import Oracle, Policy
+from relaykit.policies import Oracle, Policy, Threshold
 from relaykit.rollout import InitKind, LossKind, RolloutResult, bptt_rollout, check_batch, initial_z, unwrap_relay
 from relaykit.state import RelayState
 
@@ -55,6 +55,15 @@ class DataExhausted(RuntimeError):
 
 
 Samples = dict[str, Tensor]  # "x0" (b, n) long, "maskable" (b, n) bool, optionally "order" (b, n)
+
+
+def _policy_name(policy: Any) -> str:
+    """A stable description of the policy for resume checks (repr of Policy objects, qualified name otherwise)."""
+    if policy is None:
+        return repr(Threshold(0.9))
+    if isinstance(policy, Policy):
+        return repr(policy)
+    return f"{getattr(policy, '__module__', '?')}.{getattr(policy, '__qualname__', type(policy).__qualname__)}"
 
 
 def as_batch(item: Any) -> Samples:
@@ -153,9 +162,9 @@ class PersistentRollout:
         self.data = data
         self.batch_size = batch_size
         self.method = method
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"k (denoising steps per window) must be an int >= 1, got {type(k).__name__} {k!r}")
         self.k = int(preset["k"] if k is None else k)
-        if self.k < 1:
-            raise ValueError(f"k (denoising steps per window) must be >= 1, got {self.k}")
         self.stop_gradient = bool(preset["stop_gradient"] if stop_gradient is None else stop_gradient)
         self.relay_enabled = bool(preset["relay_enabled"] if relay_enabled is None else relay_enabled)
         self.init: InitKind = preset["init"] if init is None else init
@@ -363,6 +372,7 @@ class PersistentRollout:
             "init": self.init,
             "persistent": self.persistent,
             "loss": self.loss,
+            "policy": _policy_name(self.policy),
         }
 
     def __repr__(self) -> str:
@@ -417,7 +427,14 @@ class PersistentRollout:
         diff = {k: (saved[k], mine[k]) for k in saved if saved[k] != mine.get(k)}
         if diff:
             detail = ", ".join(f"{k}: saved {a!r}, this driver {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"the saved driver was configured differently ({detail}); build it with the same options")
+            hint = (
+                " (to change the policy on purpose, load with the saved one, then set driver.policy)"
+                if "policy" in diff
+                else ""
+            )
+            raise ValueError(
+                f"the saved driver was configured differently ({detail}); build it with the same options{hint}"
+            )
         self.batch_size = saved["batch_size"]
         counters = state_dict["counters"]
         self.steps = int(counters["steps"])
@@ -438,6 +455,12 @@ class PersistentRollout:
             self._has, self._ids = rows["has"].to(dev), rows["sample_ids"].to(dev)
             self._order = None if rows["order"] is None else rows["order"].to(dev)
         st = state_dict["relay_state"]
+        width = self.core.channel.config.hidden_size
+        if st is not None and st["hidden"].shape[-1] != width:
+            raise ValueError(
+                f"the saved driver's relay state has hidden width {st['hidden'].shape[-1]} but this model's channel "
+                f"reads width {width}: the checkpoint was made with another backbone"
+            )
         self._state = None if st is None else RelayState(st["hidden"].to(dev), st["filled"].to(dev), int(st["offset"]))
         pending = state_dict["pending"]
         self._pending = None if pending is None else dict(pending)

@@ -241,10 +241,11 @@ def _mask_id(config: RelayConfig, model: nn.Module, adapter: Any, override: int 
     except ValueError:
         own = None
     if (own is not None and own != mask) or (None not in (vocab, config.vocab_size) and vocab != config.vocab_size):
+        says = "" if own is None else f" and its config says mask id {own}"
         warnings.warn(
             f"{where}: the relay was saved with mask_token_id {mask} for a vocabulary of {config.vocab_size} tokens; "
-            f"this backbone has {vocab} tokens and its config says mask id {own}; keeping {mask} (pass "
-            f"mask_token_id=... to from_pretrained to override)",
+            f"this backbone has {vocab} tokens{says}; keeping {mask} (pass mask_token_id=... to from_pretrained to "
+            f"override)",
             stacklevel=4,
         )
     return mask

@@ -277,6 +277,7 @@ class RelayModel(nn.Module):
         use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
         if not bool(use.any()):  # host sync 2: skip the channel when no fed position takes relay
             return None  # exactly the bare embedding
+        hidden = hidden.masked_fill(~use.unsqueeze(-1), 0)  # unused positions never enter the channel's graph
         delta = self._channel(hidden)  # (b, q, e)
         delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
         if columns is None:
@@ -331,8 +332,7 @@ class RelayModel(nn.Module):
         """
         self._require_attached()
         self._check_ids(input_ids)
-        if state is not None and not isinstance(state, RelayState):
-            raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+        self._check_state(state)
         run = self.adapter.call_backbone
         if self._disabled:
             output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
@@ -357,6 +357,31 @@ class RelayModel(nn.Module):
             raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one sequence")
+        vocab = self.adapter.vocab_size(self.backbone)
+        if input_ids.numel():
+            lo, hi = input_ids.aminmax()
+            lo_i, hi_i = int(lo), int(hi)
+            if lo_i < 0 or (vocab is not None and hi_i >= vocab):
+                raise ValueError(
+                    f"input_ids hold token ids {lo_i}..{hi_i} but the embedding has a vocabulary of {vocab} "
+                    f"(ids 0..{vocab - 1 if vocab is not None else '?'}); check the tokenizer against the model"
+                )
+
+    def _check_state(self, state: Any) -> None:
+        if state is None:
+            return
+        if not isinstance(state, RelayState):
+            raise TypeError(
+                f"state must be a RelayState (e.g. out.state of an earlier call) or None, got {type(state).__name__}"
+            )
+        width = self._channel.config.hidden_size
+        if state.hidden_size != width:
+            raise ValueError(
+                f"the relay state has hidden width {state.hidden_size} but this relay's channel reads width {width} "
+                f"(the backbone's final hidden size); pass a state made by this model, or None"
+            )
 
     @contextlib.contextmanager
     def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:
@@ -365,6 +390,7 @@ class RelayModel(nn.Module):
         Leaving the block clears the state. Sessions do not nest.
         """
         self._require_attached()
+        self._check_state(state)
         if self._slots:
             raise RuntimeError("a relay session or call is already active on this model; sessions do not nest")
         slot = _Slot(state=state, update=_check_update(update or self.update))
