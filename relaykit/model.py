@@ -374,7 +374,7 @@ class RelayModel(nn.Module):
             return
         if not isinstance(state, RelayState):
             raise TypeError(
-                f"state must be a RelayState (e.g. out.state of an earlier call) or None, got {type(state).__name__}"
+                f"state must be a RelayState or None, got {type(state).__name__} (pass out.state of an earlier call)"
             )
         width = self._channel.config.hidden_size
         if state.hidden_size != width:
