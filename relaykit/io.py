@@ -28,26 +28,29 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from relaykit import atomic
+from relaykit.adapter import Adapter
+from relaykit.adapters import adapter_from_config
 from relaykit.config import FORMAT_VERSION, RelayConfig
 from relaykit.fingerprint import changed_tensors
+from relaykit.model import CHANNEL_ATTR, RelayCore
+from relaykit.resolve import readable_width
 from relaykit.weights import HF_CONFIG_NAME, INDEX_NAME, SINGLE_NAME, is_backbone_file, load_backbone, write_backbone
 
-if TYPE_CHECKING:
-    from relaykit.model import RelayModel
+R = TypeVar("R", bound=RelayCore)
 
 logger = logging.getLogger("relaykit")
 
 CONFIG_NAME = "relay_config.json"
 WEIGHTS_NAME = "relay_model.safetensors"
 CARD_NAME = "README.md"
-CHANNEL_PREFIX = "relay_channel"  # the channel's attribute on the backbone (relaykit.model.CHANNEL_ATTR)
+CHANNEL_PREFIX = CHANNEL_ATTR  # backbone tensors under it are the channel's, saved apart
 BackboneMode = Literal["auto", "always", "never"]
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load_relay", "push_relay", "read_config", "save_relay"]
 
@@ -66,7 +69,7 @@ def backbone_name(model: nn.Module) -> str:
     return str(name) if name else type(model).__name__
 
 
-def relay_config(relay: RelayModel) -> RelayConfig:
+def relay_config(relay: RelayCore) -> RelayConfig:
     """The typed config of a live relay (what ``relay.config`` returns; a save adds the file fields)."""
     return RelayConfig(
         adapter=relay.adapter.to_config(),
@@ -78,7 +81,7 @@ def relay_config(relay: RelayModel) -> RelayConfig:
     )
 
 
-def changed_backbone_tensors(relay: RelayModel) -> list[str]:
+def changed_backbone_tensors(relay: RelayCore) -> list[str]:
     """Names of the backbone tensors that changed since attach / ``from_pretrained`` (all when unknown)."""
     return changed_tensors(relay.backbone, relay._backbone_reference, skip_prefix=CHANNEL_PREFIX)
 
@@ -98,7 +101,7 @@ def _previous_files(folder: Path) -> set[str]:
 
 
 def save_relay(
-    relay: RelayModel,
+    relay: RelayCore,
     save_directory: str | os.PathLike[str],
     *,
     backbone: BackboneMode = "auto",
@@ -255,21 +258,19 @@ def load_relay(
     model: nn.Module,
     path_or_repo_id: str | os.PathLike[str],
     *,
-    adapter: Any = None,
+    adapter: Adapter | None = None,
+    relay_class: type[R] = RelayCore,  # type: ignore[assignment]
     mask_token_id: int | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
-) -> RelayModel:
-    """Attach the saved relay to ``model`` and load the saved backbone weights into it (logged when it does).
+) -> R:
+    """Attach the saved relay to ``model`` as a ``relay_class``; load saved backbone weights into it (logged).
 
     Fails naming both shapes when the channel does not fit, and naming the tensors when the backbone weights are
     for another architecture; ``model`` is left untouched by a failed load.
     """
-    from relaykit.adapters import adapter_from_config
-    from relaykit.attach import attach
-
     folder, fetch = _resolve(
         path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
     )
@@ -284,10 +285,8 @@ def load_relay(
     chosen = adapter if adapter is not None else adapter_from_config(config.adapter)
     saved = config.channel
     saved_shape = (saved.hidden_size, saved.embedding_size)
-    try:
-        hidden: int = chosen.hidden_size(model)
-    except TypeError:  # width not readable from the modules: the one recorded at attach (hidden_size=...) stands
-        hidden = saved.hidden_size
+    readable = readable_width(lambda: chosen.hidden_size(model))
+    hidden = saved.hidden_size if readable is None else readable  # unreadable: the one given at attach stands
     actual_shape = (hidden, chosen.embedding_size(model))
     if saved_shape != actual_shape:
         raise ValueError(
@@ -295,8 +294,7 @@ def load_relay(
             f"{type(model).__name__} has (hidden, embedding) = {actual_shape}"
         )
     mask = _mask_id(config, model, chosen, mask_token_id, str(config_path))
-    options = {k: v for k, v in saved.to_dict().items() if k not in ("hidden_size", "embedding_size")}
-    relay = attach(model, chosen, mask_token_id=mask, hidden_size=saved.hidden_size, update=config.update, **options)
+    relay = relay_class.build(model, chosen, saved, mask_token_id=mask, update=config.update)
     try:
         if config.backbone_weights is not None:
             load_backbone(model, folder, config.backbone_weights, skip_prefix=CHANNEL_PREFIX, fetch=fetch)
@@ -307,7 +305,7 @@ def load_relay(
     return relay
 
 
-def _load_channel_weights(relay: RelayModel, weights_path: Path) -> None:
+def _load_channel_weights(relay: RelayCore, weights_path: Path) -> None:
     tensors = load_file(str(weights_path))
     own = relay.channel.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -325,7 +323,7 @@ def _load_channel_weights(relay: RelayModel, weights_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- hub
-def model_card(relay: RelayModel, repo_id: str) -> str:
+def model_card(relay: RelayCore, repo_id: str) -> str:
     """The README.md text a save writes (huggingface_hub ModelCard), naming ``repo_id`` in its snippet."""
     from relaykit.card import relay_card
 
@@ -333,7 +331,7 @@ def model_card(relay: RelayModel, repo_id: str) -> str:
 
 
 def push_relay(
-    relay: RelayModel,
+    relay: RelayCore,
     repo_id: str,
     *,
     private: bool | None = None,

@@ -1,4 +1,4 @@
-"""RelayModel: a backbone with a relay channel attached through hooks registered once.
+"""RelayCore: a backbone with a relay channel attached through hooks registered once (no persistence).
 
 Legend: b batch, q positions fed by one call, d hidden width, e embedding width.
 
@@ -16,6 +16,9 @@ the call, ``relay.session()`` opens one for an unchanged third-party decoding lo
 child module of the backbone (``relay_channel``) so DDP/FSDP and optimisers see it; ``detach()`` removes it
 and every hook.
 
+``relaykit.RelayModel`` (relaykit/relay.py) is this class plus ``save_pretrained`` / ``from_pretrained`` /
+``push_to_hub``; persistence sits above this module, so the model never imports it (see docs/design.md).
+
 Example::
 
     relay = relaykit.attach(model, embedding="tok", final_hidden="norm", mask_token_id=3)
@@ -29,26 +32,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
-from relaykit.channel import RelayChannel
+from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.fingerprint import fingerprint
 from relaykit.kvcache import cache_batch_size
+from relaykit.plan import Binding, CallPlan
+from relaykit.resolve import float_dtype_device
 from relaykit.state import RelayState
-
-if TYPE_CHECKING:
-    from os import PathLike
-
-    from relaykit.config import RelayConfig
 
 Update = Literal["masked", "all"]
 CHANNEL_ATTR = "relay_channel"
+R = TypeVar("R", bound="RelayCore")
 
 
 @dataclass
@@ -73,14 +74,24 @@ class _Slot:
 
 @dataclass
 class _Call:
-    """What the hooks learn about the forward in flight."""
+    """What the hooks learn about the forward in flight: its arguments, then the adapter's plan for it."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    ids: Tensor | None = None
-    positions: Tensor | None = None  # (b, q) absolute
-    columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
+    ids: Tensor | None = None  # (b, q') the relay columns' ids
+    plan: CallPlan | None = None
     end: int = 0  # one past the largest fed position
+
+
+def _embedding_ids(args: tuple[Any, ...]) -> Tensor:
+    """The token ids (b, q) the embedding module was called with."""
+    ids = args[0] if args else None
+    if not isinstance(ids, Tensor) or ids.dim() != 2:
+        raise TypeError(
+            f"relay expected the embedding to be called with token ids of shape (batch, length); got "
+            f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}"
+        )
+    return ids
 
 
 def _check_cache_batch(cache: Any, batch: int) -> None:
@@ -131,8 +142,9 @@ class RelaySession:
         return f"RelaySession(nfe={self.nfe}, state={self.state!r})"
 
 
-class RelayModel(nn.Module):
-    """A backbone plus its relay channel. Build with :func:`relaykit.attach` or :meth:`from_pretrained`."""
+class RelayCore(nn.Module):
+    """A backbone plus its relay channel: hooks, calls, sessions, detach. Users get the subclass
+    :class:`relaykit.RelayModel` (from :func:`relaykit.attach` or ``RelayModel.from_pretrained``)."""
 
     def __init__(
         self,
@@ -155,9 +167,29 @@ class RelayModel(nn.Module):
         self._disabled = 0
         self._handles: list[RemovableHandle] = []
         self._attached = False
+        self._binding: Binding = adapter.bind(backbone)
         # what save_pretrained(backbone="auto") compares against: the backbone as it was handed to relaykit
         self._backbone_reference = fingerprint(backbone, skip_prefix=CHANNEL_ATTR)
         self._register()
+
+    @classmethod
+    def build(
+        cls: type[R],
+        backbone: nn.Module,
+        adapter: Adapter,
+        config: ChannelConfig,
+        *,
+        mask_token_id: int,
+        update: Update = "masked",
+    ) -> R:
+        """Attach a fresh (zero-initialised) channel of design ``config`` to ``backbone``, in the dtype and device of
+        the adapter's embedding. ``attach`` and persistence both build through here once they have resolved the
+        adapter, the widths and the mask id."""
+        channel = RelayChannel(config)
+        dtype, device = float_dtype_device(adapter.embedding(backbone))
+        if dtype is not None:
+            channel = channel.to(dtype=dtype, device=device)
+        return cls(backbone, adapter, channel, mask_token_id=mask_token_id, update=update)
 
     # ------------------------------------------------------------------ attach / detach
     def _register(self) -> None:
@@ -167,10 +199,8 @@ class RelayModel(nn.Module):
                 f"{type(backbone).__name__} already has a relay attached (attribute {CHANNEL_ATTR!r}); call "
                 f"relay.detach() on the existing RelayModel first"
             )
-        self.adapter.bind(backbone)
-        emb = self.adapter.embedding(backbone)
-        final, side = self.adapter.final_hidden(backbone)
-        call = self.adapter.call_module(backbone)
+        bound = self._binding
+        emb, final, side, call = bound.embedding, bound.final_hidden, bound.side, bound.call_module
         backbone.add_module(CHANNEL_ATTR, self._channel)
         self._attached = True
         try:
@@ -234,11 +264,6 @@ class RelayModel(nn.Module):
         slot = self._active()
         if slot is None:
             return None
-        if slot.update == "all" and self.adapter.uses_cache(kwargs):
-            raise ValueError(
-                "update='all' writes h at committed positions, which would make a KV cache stale; use "
-                "update='masked' (the default) whenever the backbone is called with a cache"
-            )
         self._call = _Call(args, kwargs)
         return None
 
@@ -255,18 +280,26 @@ class RelayModel(nn.Module):
                 "relay is active but the backbone was not called through its __call__ (the pre-hook on the "
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
-        ids = self.adapter.embedding_input_ids(args, {})  # (b, q) as fed
-        _check_cache_batch(self.adapter.cache_of(call.kwargs), ids.shape[0])
-        positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
-        columns = self.adapter.relay_columns(ids, call.args, call.kwargs)
-        if columns is not None:  # e.g. the noisy half of [x_t ; x_0]: the rest is relay-free context
-            columns = slice(*columns.indices(ids.shape[1]))
-            ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
-        bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        fed = _embedding_ids(args)  # (b, q) as fed
+        plan = self.adapter.plan_call(self._binding, fed, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        if slot.update == "all" and plan.uses_cache:
+            raise ValueError(
+                "update='all' writes h at committed positions, which would make a KV cache stale; use "
+                "update='masked' (the default) whenever the backbone is called with a cache"
+            )
+        _check_cache_batch(plan.cache, fed.shape[0])
+        columns = None if plan.columns is None else slice(*plan.columns.indices(fed.shape[1]))
+        ids = fed if columns is None else fed[:, columns]  # (b, q'): e.g. the noisy half of [x_t ; x_0]
+        positions, bare = plan.positions, plan.bare  # (b, q'), (b, q')
+        if tuple(positions.shape) != tuple(ids.shape):
+            raise ValueError(
+                f"adapter {self.adapter.name!r} planned positions {tuple(positions.shape)} for relay columns "
+                f"{tuple(ids.shape)}; plan_call must describe exactly the columns that take part in relay"
+            )
         lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)  # host sync 1 of at most 2
         if lo < 0:
             raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
-        call.ids, call.positions, call.columns, call.end = ids, positions, columns, hi + 1
+        call.ids, call.plan, call.end = ids, replace(plan, columns=columns), hi + 1
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
@@ -295,11 +328,11 @@ class RelayModel(nn.Module):
     def _capture(self, hidden: Tensor) -> None:
         slot = self._active()
         call = self._call
-        if slot is None or call is None or call.positions is None or call.ids is None:
+        if slot is None or call is None or call.plan is None or call.ids is None:
             return
-        positions, ids = call.positions, call.ids
-        if call.columns is not None and hidden.dim() == 3:
-            hidden = hidden[:, call.columns]  # (b, q', d)
+        positions, ids, columns = call.plan.positions, call.ids, call.plan.columns
+        if columns is not None and hidden.dim() == 3:
+            hidden = hidden[:, columns]  # (b, q', d)
         if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
             raise ValueError(
                 f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "
@@ -411,74 +444,15 @@ class RelayModel(nn.Module):
         finally:
             self._disabled -= 1
 
-    # ------------------------------------------------------------------ persistence (see relaykit.io)
-    @property
-    def config(self) -> RelayConfig:
-        """The typed settings of this relay (:class:`~relaykit.config.RelayConfig`), as a save records them."""
-        from relaykit.io import relay_config
-
-        return relay_config(self)
-
-    def changed_backbone_tensors(self) -> list[str]:
-        """Names of the backbone's parameters / buffers that changed since attach (or ``from_pretrained``)."""
-        from relaykit.io import changed_backbone_tensors
-
-        return changed_backbone_tensors(self)
-
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters) of backbone plus channel, counted once each (PEFT's name)."""
-        unique = {id(p): p for p in self.backbone.parameters()}
-        trainable = sum(p.numel() for p in unique.values() if p.requires_grad)
-        return trainable, sum(p.numel() for p in unique.values())
-
-    def print_trainable_parameters(self) -> None:
-        """Print ``trainable params: T || all params: A || trainable%: P`` as PEFT does."""
-        trainable, total = self.get_nb_trainable_parameters()
-        share = 100 * trainable / total if total else 0.0
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
-
-    def save_pretrained(
-        self,
-        save_directory: str | PathLike[str],
-        *,
-        backbone: Literal["auto", "always", "never"] = "auto",
-        max_shard_size: int | str = "5GB",
-    ) -> None:
-        """Save what it takes to restore this model as trained; the folder is replaced as a whole.
-
-        ``relay_config.json``, ``relay_model.safetensors`` (the channel), a model card, and the backbone's weights
-        when any of them changed since attach (``backbone="auto"``; ``"always"`` / ``"never"`` force it).
-        """
-        from relaykit.io import save_relay
-
-        save_relay(self, save_directory, backbone=backbone, max_shard_size=max_shard_size)
-
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, path_or_repo_id: str | PathLike[str], **kwargs: Any) -> RelayModel:
-        """Attach a saved relay to ``model`` (local folder or Hub repo id), loading saved backbone weights too.
-
-        Keyword arguments: ``mask_token_id`` (overrides the saved id), ``adapter``, ``revision``, ``cache_dir``,
-        ``token``, ``local_files_only``.
-        """
-        from relaykit.io import load_relay
-
-        return load_relay(model, path_or_repo_id, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Save the folder (model card included) and upload it to the Hugging Face Hub."""
-        from relaykit.io import push_relay
-
-        return push_relay(self, repo_id, **kwargs)
-
     def extra_repr(self) -> str:
         return f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}"
 
 
-def unwrap_relay(model: nn.Module, *, caller: str = "bptt_rollout") -> RelayModel:
+def unwrap_relay(model: nn.Module, *, caller: str = "bptt_rollout") -> RelayCore:
     """The RelayModel inside a DDP / FSDP / torch.compile wrapper (or the model itself)."""
     seen = model
     for _ in range(8):
-        if isinstance(seen, RelayModel):
+        if isinstance(seen, RelayCore):
             return seen
         inner = getattr(seen, "module", None)
         if not isinstance(inner, nn.Module):
