@@ -35,7 +35,7 @@ def test_inspect_hf_getters_reports_tying() -> None:
 
 def test_core_does_not_import_transformers() -> None:
     code = (
-        "import sys, relaykit, relaykit.adapters, relaykit.policies, relaykit.io; "
+        "import sys, relaykit, relaykit.adapters, relaykit.policies, relaykit.io, relaykit.testing; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'); "
         "assert not bad, bad"
     )
