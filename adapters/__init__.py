@@ -7,6 +7,7 @@ picks the family of a model from its class or config and falls back to the gener
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from relaykit.adapters.fast_dllm_v2 import FastDLLMv2Adapter, is_fast_dllm_v2
 from relaykit.adapters.generic import GenericAdapter
 from relaykit.adapters.llada import LLaDAAdapter, is_llada
 from relaykit.adapters.mdlm import MDLMAdapter, ddpm_cache_valid, is_mdlm
+
+logger = logging.getLogger("relaykit")
 
 _REGISTRY: dict[str, type[Adapter]] = {"generic": GenericAdapter}
 #: (predicate on the model, adapter name), tried in order by detect_adapter
@@ -57,6 +60,38 @@ def detect_adapter(model: nn.Module) -> str:
     return "generic"
 
 
+def resolve_adapter(
+    model: nn.Module,
+    adapter: str | Adapter | None = None,
+    *,
+    embedding: str | None = None,
+    final_hidden: str | None = None,
+) -> Adapter:
+    """The adapter ``attach`` would use: an Adapter object, a registered name, explicit paths, or auto-detection.
+
+    Example::
+
+        resolve_adapter(model)                                          # detected family, else generic
+        resolve_adapter(model, embedding="tok", final_hidden="norm")    # the generic adapter on these paths
+    """
+    paths = {k: v for k, v in (("embedding", embedding), ("final_hidden", final_hidden)) if v is not None}
+    if isinstance(adapter, Adapter):
+        if paths:
+            raise ValueError(f"{sorted(paths)} are generic-adapter options; they cannot override an Adapter object")
+        return adapter
+    if adapter is None:
+        if paths:
+            return get_adapter("generic", **paths)
+        name = detect_adapter(model)
+        logger.info("relaykit: detected adapter %r for %s", name, type(model).__name__)
+        return get_adapter(name)
+    if isinstance(adapter, str):
+        if paths and adapter != "generic":
+            raise ValueError(f"{sorted(paths)} are options of the generic adapter, not of adapter {adapter!r}")
+        return get_adapter(adapter, **paths)
+    raise TypeError(f"adapter must be None, a registered name or an Adapter object, got {type(adapter).__name__}")
+
+
 def adapter_from_config(config: dict[str, Any]) -> Adapter:
     """Rebuild an adapter from the ``adapter`` entry of relay_config.json."""
     options = dict(config)
@@ -78,4 +113,5 @@ __all__ = [
     "detect_adapter",
     "get_adapter",
     "register_adapter",
+    "resolve_adapter",
 ]

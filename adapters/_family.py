@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from relaykit.adapter import Adapter, config_mask_id
+from relaykit.adapter import Adapter
+from relaykit.resolve import config_mask_id
 
 
 class FamilyAdapter(Adapter):

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.adapter import Side, resolve_module
 from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
+from relaykit.resolve import Side, resolve_module
 
 PUBLISHED_MASK_ID = 151665
 

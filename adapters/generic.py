@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from relaykit.adapter import Adapter, Side, candidates, resolve_module
+from relaykit.adapter import Adapter
+from relaykit.resolve import Side, candidates, resolve_module
 
 
 def _split_side(spec: str) -> tuple[str, Side]:

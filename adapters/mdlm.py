@@ -32,17 +32,25 @@ Example::
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from relaykit.adapter import Side, resolve_module
 from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
+from relaykit.resolve import Side, resolve_module
 
-if TYPE_CHECKING:
-    from relaykit.model import RelayModel
+
+class _Relay(Protocol):
+    """What :func:`ddpm_cache_valid` reads of a RelayModel (kept structural: adapters sit below the model)."""
+
+    @property
+    def attached(self) -> bool: ...
+
+    @property
+    def enabled(self) -> bool: ...
+
 
 _CLASSES = ("DIT", "MDLM", "BD3LM", "DITBackbone")
 _TYPES = ("mdlm", "bd3lm")
@@ -190,7 +198,7 @@ class MDLMAdapter(FamilyAdapter):
 
 
 def ddpm_cache_valid(
-    x: Tensor, x_next: Tensor, *, time_conditioning: bool = False, relay: RelayModel | None = None
+    x: Tensor, x_next: Tensor, *, time_conditioning: bool = False, relay: _Relay | None = None
 ) -> bool:
     """Whether MDLM's ``ddpm_cache`` sampler may reuse the previous step's p(x0) for the next step.
 

@@ -20,7 +20,8 @@ from relaykit.attach import attach
 from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.decoding import GenerateResult, PromptCache, generate
 from relaykit.inspect import inspect
-from relaykit.model import RelayModel, RelayOutput, RelaySession
+from relaykit.model import RelayOutput, RelaySession
+from relaykit.relay import RelayModel
 from relaykit.state import RelayState
 
 __all__ = [

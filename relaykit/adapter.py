@@ -17,116 +17,23 @@ Example (a custom adapter only needs the methods it changes)::
 
 from __future__ import annotations
 
-import difflib
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from relaykit.kvcache import Attention, DecodeCall, cache_length, crop_cache
+from relaykit.resolve import (
+    Side,
+    config_mask_id,
+    embedding_vocab,
+    embedding_width,
+    float_dtype_device,
+    hidden_width,
+    module_path,
+)
 
-Side = Literal["input", "output"]
-_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
-
-
-def resolve_module(model: nn.Module, path: str, *, role: str) -> nn.Module:
-    """The submodule at exact dotted ``path`` (indices allowed: ``"layers.0.norm"``), never by suffix.
-
-    Raises AttributeError listing the closest existing paths when it is missing.
-    """
-    if not isinstance(path, str) or not path:
-        raise TypeError(f"{role} path must be a non-empty dotted string, got {path!r}")
-    names = dict(model.named_modules())
-    if path in names:
-        return names[path]
-    close = difflib.get_close_matches(path, [n for n in names if n], n=5, cutoff=0.4)
-    hint = f" Closest paths: {', '.join(close)}." if close else ""
-    raise AttributeError(f"{role}: no module at path {path!r} in {type(model).__name__}.{hint}")
-
-
-def module_path(model: nn.Module, module: nn.Module) -> str:
-    """The dotted path of ``module`` inside ``model`` ("" for the model itself)."""
-    for name, m in model.named_modules():
-        if m is module:
-            return name
-    raise ValueError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
-
-
-def candidates(model: nn.Module, kinds: tuple[type, ...]) -> list[str]:
-    """Paths of submodules of the given kinds, to list in error messages."""
-    return [n for n, m in model.named_modules() if isinstance(m, kinds) and n]
-
-
-def embedding_width(module: nn.Module, *, path: str) -> int:
-    """The output width e of an embedding module: nn.Embedding, or a module with a 2-D [vocab, e] weight."""
-    if isinstance(module, nn.Embedding):
-        return module.embedding_dim
-    if isinstance(module, (*_CONTAINERS, nn.Linear)) or not _has_table(module):
-        raise TypeError(
-            f"embedding {path!r} is a {type(module).__name__}; expected a token embedding (nn.Embedding, or a "
-            f"module with a [vocab, width] parameter named 'weight' or 'embedding')"
-        )
-    return _table(module).shape[1]
-
-
-def embedding_vocab(module: nn.Module) -> int | None:
-    if isinstance(module, nn.Embedding):
-        return module.num_embeddings
-    return _table(module).shape[0] if _has_table(module) else None
-
-
-def _has_table(module: nn.Module) -> bool:
-    return _table(module) is not None
-
-
-def _table(module: nn.Module) -> Tensor | None:
-    for name in ("weight", "embedding"):
-        p = getattr(module, name, None)
-        if isinstance(p, Tensor) and p.dim() == 2:
-            return p
-    return None
-
-
-def hidden_width(module: nn.Module, side: Side, *, path: str, model: nn.Module | None = None) -> int:
-    """The width d of the tensor seen at ``side`` of ``module`` (the final hidden state)."""
-    if isinstance(module, _CONTAINERS):
-        raise TypeError(
-            f"final_hidden {path!r} is a {type(module).__name__} (a container); expected the module whose "
-            f"{side} is the last hidden state, e.g. the final norm or the LM head with side 'input'"
-        )
-    if isinstance(module, nn.Linear):
-        return module.in_features if side == "input" else module.out_features
-    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.normalized_shape:
-        return int(module.normalized_shape[-1])
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, Tensor) and weight.dim() == 1:  # custom RMSNorm-like modules
-        return weight.shape[0]
-    if model is not None:
-        size = config_hidden_size(model)
-        if size is not None:
-            return size
-    raise TypeError(
-        f"cannot tell the hidden width at the {side} of {path!r} ({type(module).__name__}); pass hidden_size=..."
-    )
-
-
-def config_mask_id(model: nn.Module) -> int | None:
-    """The mask id a model's config declares (``mask_token_id``, ``mask_id`` or ``mask_index``), if any."""
-    config = getattr(model, "config", None)
-    for name in ("mask_token_id", "mask_id", "mask_index"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def config_hidden_size(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("hidden_size", "d_model", "hidden_dim", "n_embd"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+__all__ = ["Adapter", "Side"]
 
 
 class Adapter:
@@ -294,7 +201,7 @@ class Adapter:
                 kwargs["past_key_values"] = call.cache
         elif _accepts(model, "use_cache"):
             kwargs["use_cache"] = False
-        dtype = _float_dtype(model)
+        dtype = float_dtype_device(model)[0] or torch.float32
         eager = getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager"
         mask = call.attention_mask(dtype, additive=eager)
         if mask is not None:
@@ -347,10 +254,3 @@ def _accepts(model: nn.Module, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _float_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32

@@ -33,17 +33,15 @@ Example (what ``generate`` does for each block)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
+from relaykit.model import RelayCore
 from relaykit.shift import align_logits
 from relaykit.state import RelayState
-
-if TYPE_CHECKING:
-    from relaykit.model import RelayModel
 
 Span = tuple[int, int]
 
@@ -57,7 +55,7 @@ class Runner:
 
     def __init__(
         self,
-        relay: RelayModel,
+        relay: RelayCore,
         *,
         attention: Attention,
         segments: tuple[Span, ...],

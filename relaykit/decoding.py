@@ -31,7 +31,7 @@ from torch import Tensor
 
 from relaykit.blockrun import RUNNERS, Runner
 from relaykit.kvcache import ATTENTIONS, Attention, cache_batch_size, cache_length
-from relaykit.model import RelayModel, unwrap_relay
+from relaykit.model import RelayCore, unwrap_relay
 from relaykit.policies import Policy, as_policy, commit_step
 from relaykit.state import RelayState
 
@@ -117,7 +117,7 @@ class GenerateResult:
 
 @torch.no_grad()
 def generate(
-    relay: RelayModel,
+    relay: RelayCore,
     input_ids: Tensor,
     *,
     max_new_tokens: int,
@@ -245,7 +245,7 @@ def generate(
 
 
 # ---------------------------------------------------------------------- argument checks and canvas layout
-def _canvas(relay: RelayModel, input_ids: Tensor, max_new_tokens: int, block_size: int | None) -> tuple[Tensor, int]:
+def _canvas(relay: RelayCore, input_ids: Tensor, max_new_tokens: int, block_size: int | None) -> tuple[Tensor, int]:
     """The canvas x (b, T) = prompt + masks, and where decoding starts (P; 0 when infilling)."""
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
@@ -277,7 +277,7 @@ def _canvas(relay: RelayModel, input_ids: Tensor, max_new_tokens: int, block_siz
     return torch.cat([input_ids, pad], 1).long(), canvas_start  # (b, T)
 
 
-def _max_positions(relay: RelayModel) -> int | None:
+def _max_positions(relay: RelayCore) -> int | None:
     config = getattr(relay.backbone, "config", None)
     for name in ("max_position_embeddings", "max_sequence_length", "model_length", "n_positions"):
         value = getattr(config, name, None)
@@ -313,7 +313,7 @@ def _mode(use_cache: bool | str, block_size: int | None) -> str | None:
     return mode
 
 
-def _attention(relay: RelayModel, attention: str | None) -> Attention:
+def _attention(relay: RelayCore, attention: str | None) -> Attention:
     chosen = attention if attention is not None else getattr(relay.adapter, "attention", "bidirectional")
     if chosen not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {chosen!r}")
@@ -352,7 +352,7 @@ def _sub_blocks(s: int, e: int, size: int | None) -> list[Span]:
 
 
 def _check_mode(
-    relay: RelayModel, mode: str | None, attention: str, sub: int | None, block: int, return_cache: bool
+    relay: RelayCore, mode: str | None, attention: str, sub: int | None, block: int, return_cache: bool
 ) -> None:
     if sub is not None:
         if not isinstance(sub, int) or isinstance(sub, bool) or sub < 1 or block % sub:

@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 from relaykit.adapter import Adapter
-from relaykit.attach import resolve_adapter
-from relaykit.model import RelayModel
+from relaykit.adapters import resolve_adapter
+from relaykit.model import RelayCore
 
 
 class InspectReport(dict):  # type: ignore[type-arg]
@@ -36,7 +36,7 @@ def inspect(
     quiet: bool = False,
 ) -> InspectReport:
     """Resolve the adapter on ``model`` (a backbone or a RelayModel), print the report and return it."""
-    if isinstance(model, RelayModel):
+    if isinstance(model, RelayCore):
         info: dict[str, Any] = model.adapter.describe(model.backbone)
         info["mask_token_id"] = model.mask_token_id
         info["channel"] = model.channel.extra_repr()

@@ -4,6 +4,9 @@ The config records a format version, the library version, the adapter and its op
 mask id, the update rule, the backbone's name and the SHA-256 of the weights file (so a half-written pair is
 caught). Files are written to a temporary name and renamed into place, so a crash never leaves a torn file.
 
+Persistence builds relays through the adapter registry and ``RelayCore.build`` and never imports ``attach``; the
+model never imports persistence (``relaykit.RelayModel`` in relay.py joins the two).
+
 Example::
 
     relay.save_pretrained("out/relay")
@@ -20,17 +23,20 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from relaykit._version import __version__
+from relaykit.adapter import Adapter
+from relaykit.adapters import adapter_from_config
 from relaykit.channel import ChannelConfig
+from relaykit.model import RelayCore
+from relaykit.resolve import readable_width, resolve_mask_token_id
 
-if TYPE_CHECKING:
-    from relaykit.model import RelayModel
+R = TypeVar("R", bound=RelayCore)
 
 CONFIG_NAME = "relay_config.json"
 WEIGHTS_NAME = "relay_model.safetensors"
@@ -65,7 +71,7 @@ def backbone_name(model: nn.Module) -> str:
     return str(name) if name else type(model).__name__
 
 
-def relay_config(relay: RelayModel) -> dict[str, Any]:
+def relay_config(relay: RelayCore) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "relaykit_version": __version__,
@@ -77,7 +83,7 @@ def relay_config(relay: RelayModel) -> dict[str, Any]:
     }
 
 
-def save_relay(relay: RelayModel, save_directory: str | os.PathLike[str]) -> Path:
+def save_relay(relay: RelayCore, save_directory: str | os.PathLike[str]) -> Path:
     """Write the two relay files into ``save_directory`` (created if needed); returns the folder."""
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,16 +146,14 @@ def load_relay(
     model: nn.Module,
     path_or_repo_id: str | os.PathLike[str],
     *,
-    adapter: Any = None,
+    adapter: Adapter | None = None,
+    relay_class: type[R] = RelayCore,  # type: ignore[assignment]
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
-) -> RelayModel:
-    """Attach the saved relay to ``model``; fails naming both shapes when the backbone does not match."""
-    from relaykit.adapters import adapter_from_config
-    from relaykit.attach import attach
-
+) -> R:
+    """Attach the saved relay to ``model`` as a ``relay_class``; fails naming both shapes when they differ."""
     config_path, weights_path = _resolve_files(
         path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
     )
@@ -163,25 +167,16 @@ def load_relay(
     chosen = adapter if adapter is not None else adapter_from_config(config["adapter"])
     saved = ChannelConfig(**config["channel"])
     saved_shape = (saved.hidden_size, saved.embedding_size)
-    try:
-        hidden: int = chosen.hidden_size(model)
-    except TypeError:  # width not readable from the modules: the one recorded at attach (hidden_size=...) stands
-        hidden = saved.hidden_size
+    readable = readable_width(lambda: chosen.hidden_size(model))
+    hidden = saved.hidden_size if readable is None else readable  # unreadable: the one given at attach stands
     actual_shape = (hidden, chosen.embedding_size(model))
     if saved_shape != actual_shape:
         raise ValueError(
             f"relay checkpoint {path_or_repo_id} was made for (hidden, embedding) = {saved_shape} but "
             f"{type(model).__name__} has (hidden, embedding) = {actual_shape}"
         )
-    options = {k: v for k, v in saved.to_dict().items() if k not in ("hidden_size", "embedding_size")}
-    relay = attach(
-        model,
-        chosen,
-        mask_token_id=config["mask_token_id"],
-        hidden_size=saved.hidden_size,
-        update=config.get("update", "masked"),
-        **options,
-    )
+    mask = resolve_mask_token_id(config["mask_token_id"], lambda: chosen.mask_token_id(model), chosen.vocab_size(model))
+    relay = relay_class.build(model, chosen, saved, mask_token_id=mask, update=config.get("update", "masked"))
     try:
         _load_channel_weights(relay, weights_path)
     except Exception:
@@ -190,7 +185,7 @@ def load_relay(
     return relay
 
 
-def _load_channel_weights(relay: RelayModel, weights_path: Path) -> None:
+def _load_channel_weights(relay: RelayCore, weights_path: Path) -> None:
     tensors = load_file(str(weights_path))
     own = relay.channel.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -207,7 +202,7 @@ def _load_channel_weights(relay: RelayModel, weights_path: Path) -> None:
         relay.channel.load_state_dict(tensors, strict=True)
 
 
-def model_card(relay: RelayModel, repo_id: str) -> str:
+def model_card(relay: RelayCore, repo_id: str) -> str:
     config = relay_config(relay)
     return (
         f"---\nlibrary_name: relaykit\ntags:\n- relaykit\n- masked-diffusion\n---\n\n"
@@ -218,7 +213,7 @@ def model_card(relay: RelayModel, repo_id: str) -> str:
 
 
 def push_relay(
-    relay: RelayModel,
+    relay: RelayCore,
     repo_id: str,
     *,
     private: bool | None = None,

@@ -1,4 +1,4 @@
-"""RelayModel: a backbone with a relay channel attached through hooks registered once.
+"""RelayCore: a backbone with a relay channel attached through hooks registered once (no persistence).
 
 Legend: b batch, q positions fed by one call, d hidden width, e embedding width.
 
@@ -16,6 +16,9 @@ the call, ``relay.session()`` opens one for an unchanged third-party decoding lo
 child module of the backbone (``relay_channel``) so DDP/FSDP and optimisers see it; ``detach()`` removes it
 and every hook.
 
+``relaykit.RelayModel`` (relaykit/relay.py) is this class plus ``save_pretrained`` / ``from_pretrained`` /
+``push_to_hub``; persistence sits above this module, so the model never imports it (see docs/design.md).
+
 Example::
 
     relay = relaykit.attach(model, embedding="tok", final_hidden="norm", mask_token_id=3)
@@ -30,22 +33,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
-from relaykit.channel import RelayChannel
+from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.kvcache import cache_batch_size
+from relaykit.resolve import float_dtype_device
 from relaykit.state import RelayState
-
-if TYPE_CHECKING:
-    from os import PathLike
 
 Update = Literal["masked", "all"]
 CHANNEL_ATTR = "relay_channel"
+R = TypeVar("R", bound="RelayCore")
 
 
 @dataclass
@@ -128,8 +130,9 @@ class RelaySession:
         return f"RelaySession(nfe={self.nfe}, state={self.state!r})"
 
 
-class RelayModel(nn.Module):
-    """A backbone plus its relay channel. Build with :func:`relaykit.attach` or :meth:`from_pretrained`."""
+class RelayCore(nn.Module):
+    """A backbone plus its relay channel: hooks, calls, sessions, detach. Users get the subclass
+    :class:`relaykit.RelayModel` (from :func:`relaykit.attach` or ``RelayModel.from_pretrained``)."""
 
     def __init__(
         self,
@@ -153,6 +156,25 @@ class RelayModel(nn.Module):
         self._handles: list[RemovableHandle] = []
         self._attached = False
         self._register()
+
+    @classmethod
+    def build(
+        cls: type[R],
+        backbone: nn.Module,
+        adapter: Adapter,
+        config: ChannelConfig,
+        *,
+        mask_token_id: int,
+        update: Update = "masked",
+    ) -> R:
+        """Attach a fresh (zero-initialised) channel of design ``config`` to ``backbone``, in the dtype and device of
+        the adapter's embedding. ``attach`` and persistence both build through here once they have resolved the
+        adapter, the widths and the mask id."""
+        channel = RelayChannel(config)
+        dtype, device = float_dtype_device(adapter.embedding(backbone))
+        if dtype is not None:
+            channel = channel.to(dtype=dtype, device=device)
+        return cls(backbone, adapter, channel, mask_token_id=mask_token_id, update=update)
 
     # ------------------------------------------------------------------ attach / detach
     def _register(self) -> None:
@@ -380,35 +402,15 @@ class RelayModel(nn.Module):
         finally:
             self._disabled -= 1
 
-    # ------------------------------------------------------------------ persistence (see relaykit.io)
-    def save_pretrained(self, save_directory: str | PathLike[str]) -> None:
-        """Write ``relay_config.json`` and ``relay_model.safetensors`` (the channel only), atomically."""
-        from relaykit.io import save_relay
-
-        save_relay(self, save_directory)
-
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, path_or_repo_id: str | PathLike[str], **kwargs: Any) -> RelayModel:
-        """Attach a saved relay to ``model`` from a local folder or a Hugging Face Hub repo id."""
-        from relaykit.io import load_relay
-
-        return load_relay(model, path_or_repo_id, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Upload the relay folder and a model card to the Hugging Face Hub."""
-        from relaykit.io import push_relay
-
-        return push_relay(self, repo_id, **kwargs)
-
     def extra_repr(self) -> str:
         return f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}"
 
 
-def unwrap_relay(model: nn.Module, *, caller: str = "bptt_rollout") -> RelayModel:
+def unwrap_relay(model: nn.Module, *, caller: str = "bptt_rollout") -> RelayCore:
     """The RelayModel inside a DDP / FSDP / torch.compile wrapper (or the model itself)."""
     seen = model
     for _ in range(8):
-        if isinstance(seen, RelayModel):
+        if isinstance(seen, RelayCore):
             return seen
         inner = getattr(seen, "module", None)
         if not isinstance(inner, nn.Module):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relaykit.model import RelayModel, unwrap_relay
+from relaykit.model import RelayCore, unwrap_relay
 from relaykit.policies import Policy, as_policy, commit_step, random_per_row
 from relaykit.shift import align_logits, gather_aligned
 from relaykit.state import RelayState
@@ -122,7 +122,7 @@ def _describe(t: Any) -> str:
 
 
 def check_batch(
-    relay: RelayModel,
+    relay: RelayCore,
     x0: Tensor,
     maskable: Tensor,
     *,

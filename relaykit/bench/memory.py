@@ -30,8 +30,8 @@ from torch import nn
 
 from relaykit.attach import attach
 from relaykit.bench._peak import Peak, measure
-from relaykit.model import RelayModel
 from relaykit.policies import TopK
+from relaykit.relay import RelayModel
 from relaykit.rollout import _step_loss_terms, bptt_rollout, initial_z
 
 
