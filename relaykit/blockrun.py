@@ -13,7 +13,7 @@ adapter (``Adapter.decode_kwargs``). The relay rules that keep caches valid live
 * every pass that stores context in the cache (prompt prefill, commit pass, Fast-dLLM v1 refresh) runs
   relay-free, so cached keys and values equal the bare backbone's (contract 4); the refresh, which is also the
   block's first step, still records h at the masked positions;
-* each call's absolute positions come from the adapter (``call_positions``, through the relay hook) and are
+* each call's absolute positions come from the adapter (``Adapter.plan_call``, through the relay hook) and are
   checked against the positions the runner fed.
 
 Runners: :class:`Recompute` (no cache; LLaDA / MDLM loops, and the reference for caches), :class:`PrefixCache`
@@ -74,7 +74,7 @@ class Runner:
         if self.shift not in (0, 1):
             raise ValueError(f"relaykit.generate supports a token shift of 0 or 1, the adapter has {self.shift}")
         self.cache = cache
-        self.memo: dict[str, Any] = {}
+        self.block_cache: Any = None  # a family's block cache kept apart from self.cache (Fast-dLLM v2)
         self.tail = tail  # (b, V) logits at the last position the cache holds (predicts the next one when shift=1)
         self.block_logits: Tensor | None = None  # (b, B + 1, V) raw logits at positions s-1 .. e-1
         self.block: Span | None = None
@@ -111,7 +111,7 @@ class Runner:
             block=self.block,
             block_size=self.block_size,
             device=x.device,
-            memo=self.memo,
+            block_cache=self.block_cache,
         )
         backbone_kwargs = self.adapter.decode_kwargs(self.relay.backbone, call)
         ids = x[:, start:stop]  # (b, q)
@@ -125,6 +125,7 @@ class Runner:
                 out = self.relay(ids, **backbone_kwargs)
         self.last_state = out.state if relay_on else None
         self.cache = self.adapter.decode_cache(out.output, call)
+        self.block_cache = self.adapter.decode_block_cache(out.output, call)
         if self.block is not None:
             self._record(out.logits, start, stop)
         return out.logits  # (b, q, V)
@@ -141,7 +142,7 @@ class Runner:
             self.block_logits[:, lo - (s - 1) : hi - (s - 1)] = logits[:, lo - start : hi - start].detach()
 
     def _check_positions(self, positions: Tensor | None, start: int, stop: int) -> None:
-        """The adapter's positions must be the fed ones, or a contiguous part of them (``Adapter.relay_columns``)."""
+        """The adapter's positions must be the fed ones, or a contiguous part of them (``CallPlan.columns``)."""
         ok = positions is not None and positions.numel() > 0
         if ok:
             first = int(positions[0, 0])
@@ -155,7 +156,7 @@ class Runner:
             )
             raise RuntimeError(
                 f"adapter {self.adapter.name!r} reports positions {got} for a call that feeds positions "
-                f"{start}..{stop - 1}: its call_positions() does not read the arguments its decode_kwargs() passes "
+                f"{start}..{stop - 1}: its plan_call() does not read the arguments its decode_kwargs() passes "
                 f"({self.mode} cache); fix one of the two so they agree"
             )
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -42,6 +42,7 @@ from torch.utils.hooks import RemovableHandle
 from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.kvcache import cache_batch_size
+from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import float_dtype_device
 from relaykit.state import RelayState
 
@@ -72,14 +73,24 @@ class _Slot:
 
 @dataclass
 class _Call:
-    """What the hooks learn about the forward in flight."""
+    """What the hooks learn about the forward in flight: its arguments, then the adapter's plan for it."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    ids: Tensor | None = None
-    positions: Tensor | None = None  # (b, q) absolute
-    columns: slice | None = None  # the embedding call's columns that take part in relay (None: all)
+    ids: Tensor | None = None  # (b, q') the relay columns' ids
+    plan: CallPlan | None = None
     end: int = 0  # one past the largest fed position
+
+
+def _embedding_ids(args: tuple[Any, ...]) -> Tensor:
+    """The token ids (b, q) the embedding module was called with."""
+    ids = args[0] if args else None
+    if not isinstance(ids, Tensor) or ids.dim() != 2:
+        raise TypeError(
+            f"relay expected the embedding to be called with token ids of shape (batch, length); got "
+            f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}"
+        )
+    return ids
 
 
 def _check_cache_batch(cache: Any, batch: int) -> None:
@@ -155,6 +166,7 @@ class RelayCore(nn.Module):
         self._disabled = 0
         self._handles: list[RemovableHandle] = []
         self._attached = False
+        self._binding: Binding = adapter.bind(backbone)
         self._register()
 
     @classmethod
@@ -184,10 +196,8 @@ class RelayCore(nn.Module):
                 f"{type(backbone).__name__} already has a relay attached (attribute {CHANNEL_ATTR!r}); call "
                 f"relay.detach() on the existing RelayModel first"
             )
-        self.adapter.bind(backbone)
-        emb = self.adapter.embedding(backbone)
-        final, side = self.adapter.final_hidden(backbone)
-        call = self.adapter.call_module(backbone)
+        bound = self._binding
+        emb, final, side, call = bound.embedding, bound.final_hidden, bound.side, bound.call_module
         backbone.add_module(CHANNEL_ATTR, self._channel)
         self._attached = True
         try:
@@ -251,11 +261,6 @@ class RelayCore(nn.Module):
         slot = self._active()
         if slot is None:
             return None
-        if slot.update == "all" and self.adapter.uses_cache(kwargs):
-            raise ValueError(
-                "update='all' writes h at committed positions, which would make a KV cache stale; use "
-                "update='masked' (the default) whenever the backbone is called with a cache"
-            )
         self._call = _Call(args, kwargs)
         return None
 
@@ -272,18 +277,26 @@ class RelayCore(nn.Module):
                 "relay is active but the backbone was not called through its __call__ (the pre-hook on the "
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
-        ids = self.adapter.embedding_input_ids(args, {})  # (b, q) as fed
-        _check_cache_batch(self.adapter.cache_of(call.kwargs), ids.shape[0])
-        positions = self.adapter.call_positions(ids, call.args, call.kwargs)  # (b, q)
-        columns = self.adapter.relay_columns(ids, call.args, call.kwargs)
-        if columns is not None:  # e.g. the noisy half of [x_t ; x_0]: the rest is relay-free context
-            columns = slice(*columns.indices(ids.shape[1]))
-            ids, positions = ids[:, columns], positions[:, columns]  # (b, q')
-        bare = self.adapter.bare_positions(ids, positions, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        fed = _embedding_ids(args)  # (b, q) as fed
+        plan = self.adapter.plan_call(self._binding, fed, call.args, call.kwargs, mask_token_id=self.mask_token_id)
+        if slot.update == "all" and plan.uses_cache:
+            raise ValueError(
+                "update='all' writes h at committed positions, which would make a KV cache stale; use "
+                "update='masked' (the default) whenever the backbone is called with a cache"
+            )
+        _check_cache_batch(plan.cache, fed.shape[0])
+        columns = None if plan.columns is None else slice(*plan.columns.indices(fed.shape[1]))
+        ids = fed if columns is None else fed[:, columns]  # (b, q'): e.g. the noisy half of [x_t ; x_0]
+        positions, bare = plan.positions, plan.bare  # (b, q'), (b, q')
+        if tuple(positions.shape) != tuple(ids.shape):
+            raise ValueError(
+                f"adapter {self.adapter.name!r} planned positions {tuple(positions.shape)} for relay columns "
+                f"{tuple(ids.shape)}; plan_call must describe exactly the columns that take part in relay"
+            )
         lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)  # host sync 1 of at most 2
         if lo < 0:
             raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
-        call.ids, call.positions, call.columns, call.end = ids, positions, columns, hi + 1
+        call.ids, call.plan, call.end = ids, replace(plan, columns=columns), hi + 1
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
@@ -311,11 +324,11 @@ class RelayCore(nn.Module):
     def _capture(self, hidden: Tensor) -> None:
         slot = self._active()
         call = self._call
-        if slot is None or call is None or call.positions is None or call.ids is None:
+        if slot is None or call is None or call.plan is None or call.ids is None:
             return
-        positions, ids = call.positions, call.ids
-        if call.columns is not None and hidden.dim() == 3:
-            hidden = hidden[:, call.columns]  # (b, q', d)
+        positions, ids, columns = call.plan.positions, call.ids, call.plan.columns
+        if columns is not None and hidden.dim() == 3:
+            hidden = hidden[:, columns]  # (b, q', d)
         if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
             raise ValueError(
                 f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "

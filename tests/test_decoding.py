@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from tiny import TinyMDM, tiny_llama_bidirectional, tiny_qwen2
@@ -316,8 +318,9 @@ def test_token_shift_cannot_predict_position_zero(qwen):
 
 def test_an_adapter_whose_positions_disagree_is_caught(mdm):
     class Off(GenericAdapter):
-        def call_positions(self, input_ids, args, kwargs):
-            return super().call_positions(input_ids, args, kwargs) + 1
+        def plan_call(self, binding, ids, args, kwargs, *, mask_token_id):
+            plan = super().plan_call(binding, ids, args, kwargs, mask_token_id=mask_token_id)
+            return dataclasses.replace(plan, positions=plan.positions + 1)
 
     relay = relaykit.attach(TinyMDM(max_len=64), adapter=Off("encoder.tok_emb", "encoder.norm"), mask_token_id=31)
     with pytest.raises(RuntimeError, match=r"reports positions 1\.\.12 for a call that feeds positions 0\.\.11"):

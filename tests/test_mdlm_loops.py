@@ -18,7 +18,7 @@ from recorder import Recorder, check_committed_frozen, check_locality
 
 import relaykit
 from relaykit import RelayState
-from relaykit.adapters import ddpm_cache_valid
+from relaykit.adapters import MDLMAdapter, ddpm_cache_valid
 from relaykit.testing.twins.bd3lm import tiny_bd3lm
 from relaykit.testing.twins.mdlm import tiny_dit, tiny_hf_mdlm
 
@@ -274,3 +274,18 @@ def test_bd3lm_training_layout_relays_the_noisy_half_only() -> None:
         relay(z[:, :8], clean_ids=x0[:, :8])
     with pytest.raises(TypeError, match="no \\[x_t ; x_0\\] training layout"):
         relaykit.attach(tiny_dit())(z, clean_ids=x0)
+
+
+def test_one_adapter_object_serves_two_models_and_keeps_no_state() -> None:
+    """Per-attachment facts live in the Binding that bind() returns, not on the adapter (BD3-LM's block layout)."""
+    adapter = MDLMAdapter()
+    before = dict(vars(adapter))
+    bd3, dit = tiny_bd3lm(dtype=torch.float64), tiny_dit(dtype=torch.float64)
+    relay_bd3, relay_dit = relaykit.attach(bd3, adapter), relaykit.attach(dit, adapter)
+    x0 = torch.randint(0, MASK, (2, 16), generator=torch.Generator().manual_seed(7))
+    z = x0.clone()
+    z[:, ::2] = MASK
+    out_bd3 = relay_bd3(z, clean_ids=x0)  # [x_t ; x_0]: relay on the noisy half only
+    out_dit = relay_dit(z)  # the whole sequence
+    assert out_bd3.positions.tolist() == out_dit.positions.tolist() == [list(range(16))] * 2
+    assert relay_bd3.adapter is relay_dit.adapter is adapter and vars(adapter) == before
