@@ -41,7 +41,13 @@ from relaykit.config import FORMAT_VERSION, RelayConfig
 from relaykit.fingerprint import changed_tensors
 from relaykit.model import CHANNEL_ATTR, RelayCore
 from relaykit.resolve import readable_width
-from relaykit.weights import HF_CONFIG_NAME, INDEX_NAME, SINGLE_NAME, is_backbone_file, load_backbone, write_backbone
+from relaykit.weights import (
+    HF_CONFIG_NAME,
+    OWN_BASE,
+    is_backbone_file,
+    load_backbone,
+    write_backbone,
+)
 
 R = TypeVar("R", bound=RelayCore)
 
@@ -88,7 +94,10 @@ def changed_backbone_tensors(relay: RelayCore) -> list[str]:
 
 # -------------------------------------------------------------------------------------------------------- save
 def _previous_files(folder: Path) -> set[str]:
-    """The files an earlier save wrote into ``folder`` (its manifest; the known names when unreadable)."""
+    """The files an earlier save wrote into ``folder``: its manifest (the two relay files when it has none).
+
+    Anything else is someone else's and is kept, e.g. the Hugging Face Trainer's weights in a checkpoint folder.
+    """
     ours = {CONFIG_NAME, WEIGHTS_NAME}
     try:
         saved = json.loads((folder / CONFIG_NAME).read_text())
@@ -97,7 +106,7 @@ def _previous_files(folder: Path) -> set[str]:
             return ours | {f for f in files if isinstance(f, str)}
     except (OSError, ValueError):
         pass
-    return ours | {p.name for p in folder.iterdir() if is_backbone_file(p.name)} if folder.is_dir() else ours
+    return ours
 
 
 def save_relay(
@@ -130,6 +139,8 @@ def save_relay(
         )
     target = Path(save_directory)
     previous = _previous_files(target) if target.is_dir() else set()
+    others = {p.name for p in target.iterdir()} - previous if target.is_dir() else set()
+    stem = OWN_BASE if any(is_backbone_file(name) for name in others) else "model"  # never overwrite theirs
     base = relay_config(relay)
 
     def write(stage: Path) -> list[str]:
@@ -138,8 +149,10 @@ def save_relay(
         files = [WEIGHTS_NAME]
         entry = None
         if save_backbone:
-            written = write_backbone(stage, relay.backbone, skip_prefix=CHANNEL_PREFIX, max_shard_size=max_shard_size)
-            entry = INDEX_NAME if INDEX_NAME in written else SINGLE_NAME
+            written = write_backbone(
+                stage, relay.backbone, skip_prefix=CHANNEL_PREFIX, max_shard_size=max_shard_size, base=stem
+            )
+            entry = written[0]  # the single file or the index
             files += written
         files += [CARD_NAME, CONFIG_NAME]
         config = RelayConfig(

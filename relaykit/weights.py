@@ -36,7 +36,10 @@ logger = logging.getLogger("relaykit")
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 HF_CONFIG_NAME = "config.json"
-_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+#: the file stem used instead of ``model`` when the folder already holds someone else's ``model.safetensors`` (e.g.
+#: the Hugging Face Trainer's weights of the whole RelayModel in a checkpoint folder): never overwrite it
+OWN_BASE = "relay_backbone"
+_SHARD = re.compile(r"(model|relay_backbone)-\d{5}-of-\d{5}\.safetensors")
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
     "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
@@ -46,7 +49,8 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K
 
 def is_backbone_file(name: str) -> bool:
     """Whether ``name`` is one of the backbone-weight files this module writes."""
-    return name in (SINGLE_NAME, INDEX_NAME, HF_CONFIG_NAME) or bool(_SHARD.fullmatch(name))
+    names = (SINGLE_NAME, INDEX_NAME, HF_CONFIG_NAME, f"{OWN_BASE}.safetensors", f"{OWN_BASE}.safetensors.index.json")
+    return name in names or bool(_SHARD.fullmatch(name))
 
 
 def parse_size(size: int | str) -> int:
@@ -104,8 +108,15 @@ def hf_config_json(backbone: nn.Module) -> bytes | None:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
-def write_backbone(stage: Path, backbone: nn.Module, *, skip_prefix: str, max_shard_size: int | str) -> list[str]:
-    """Write the backbone's tensors (and an HF ``config.json``) into ``stage``; returns the file names written."""
+def write_backbone(
+    stage: Path, backbone: nn.Module, *, skip_prefix: str, max_shard_size: int | str, base: str = "model"
+) -> list[str]:
+    """Write the backbone's tensors (and an HF ``config.json``) into ``stage``; returns the file names written.
+
+    ``base`` is the file stem (``model`` as transformers names it; :data:`OWN_BASE` when that name is taken, then
+    without ``config.json``, since the folder is not a transformers checkpoint of the backbone). The entry file
+    (single file or index) comes first in the returned list.
+    """
     limit = parse_size(max_shard_size)
     tensors = tensors_of(backbone, skip_prefix=skip_prefix)
     if any(t.is_meta for t in tensors.values()):
@@ -115,7 +126,7 @@ def write_backbone(stage: Path, backbone: nn.Module, *, skip_prefix: str, max_sh
     own = {k: t for k, t in tensors.items() if k not in aliases}
     groups = _shards(own, limit)
     n = len(groups)
-    names = [SINGLE_NAME] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    names = [f"{base}.safetensors"] if n == 1 else [f"{base}-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
     for file, group in zip(names, groups):
         shard = {k: own[k].detach().to("cpu").contiguous() for k in group}  # one shard's copy at a time
         write_with(stage / file, lambda p, shard=shard: save_file(shard, p, metadata={"format": "pt"}))
@@ -126,9 +137,10 @@ def write_backbone(stage: Path, backbone: nn.Module, *, skip_prefix: str, max_sh
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in own.values())},
             "weight_map": {k: file for file, group in zip(names, groups) for k in group},
         }
-        write_file(stage / INDEX_NAME, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
-        files.append(INDEX_NAME)
-    config = hf_config_json(backbone)
+        index_name = f"{base}.safetensors.index.json"
+        write_file(stage / index_name, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+        files.insert(0, index_name)
+    config = hf_config_json(backbone) if base == "model" else None
     if config is not None:
         write_file(stage / HF_CONFIG_NAME, config)
         files.append(HF_CONFIG_NAME)
@@ -140,7 +152,7 @@ def _weight_map(folder: Path, entry: str) -> dict[str, str]:
     path = folder / entry
     if not path.is_file():
         raise FileNotFoundError(f"{folder} names backbone weights {entry!r} in relay_config.json but has no such file")
-    if entry != INDEX_NAME:
+    if not entry.endswith(".index.json"):
         with safe_open(str(path), framework="pt") as f:
             return {k: entry for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     try:

@@ -174,3 +174,18 @@ def test_print_trainable_parameters(capsys: pytest.CaptureFixture[str]) -> None:
         == f"trainable params: {channel:,d} || all params: {total:,d} || trainable%: {share:.4f}\n"
     )
     assert relay.get_nb_trainable_parameters() == (channel, total)
+
+
+def test_someone_elses_model_file_is_never_overwritten(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    relay, ids = trained(BACKBONES[1])
+    theirs = {k: v.detach().clone().contiguous() for k, v in relay.state_dict().items()}  # e.g. the HF Trainer's
+    save_file(theirs, str(tmp_path / "model.safetensors"))
+    before = (tmp_path / "model.safetensors").read_bytes()
+    relay.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before  # kept as it was
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config["backbone_weights"] == "relay_backbone.safetensors" and not (tmp_path / "config.json").exists()
+    loaded = RelayModel.from_pretrained(BACKBONES[1].build(), tmp_path)
+    assert torch.equal(two_step_logits(loaded, ids), two_step_logits(relay, ids))
