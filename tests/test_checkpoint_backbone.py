@@ -189,3 +189,25 @@ def test_someone_elses_model_file_is_never_overwritten(tmp_path: Path) -> None:
     assert config["backbone_weights"] == "relay_backbone.safetensors" and not (tmp_path / "config.json").exists()
     loaded = RelayModel.from_pretrained(BACKBONES[1].build(), tmp_path)
     assert torch.equal(two_step_logits(loaded, ids), two_step_logits(relay, ids))
+
+
+@pytest.mark.parametrize("example", ["plain_loop", "hf_trainer"])
+def test_training_examples_save_and_reload_the_trained_model(
+    example: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "training"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location(f"example_{example}", folder / f"{example}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if example == "plain_loop":
+        module.main(["--steps", "6", "--batch-size", "4", "--out", str(tmp_path / "final")])
+    else:
+        module.main(["--max-steps", "4", "--output-dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "logits equal to the trained model's: True" in printed
+    saved = json.loads((tmp_path / "final" / CONFIG_NAME).read_text())
+    assert saved["backbone_weights"] is not None  # the trained backbone is in the folder

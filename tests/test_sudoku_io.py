@@ -99,3 +99,28 @@ def test_truncated_config_and_out_file_give_clear_messages(tmp_path: Path) -> No
     taken.write_text("x")
     with pytest.raises(SystemExit, match=r"--out .*taken is a file, not a folder"):
         run.check_config(taken, PRESETS["quick"], 0)
+
+
+def test_trained_methods_are_saved_and_reloaded_with_relaykit(tmp_path: Path) -> None:
+    import torch
+    from sudoku.model import MASK
+    from sudoku.train import build, load_trained, train
+    from test_sudoku_run import TINY
+
+    preset = PRESETS["quick"].with_overrides(TINY)
+    pool = generate(20, givens=(30, 34), seed=0, progress=False)
+    path = train("mlm", preset, pool, tmp_path, device=torch.device("cpu"), seed=3, progress=False)
+    saved = json.loads((tmp_path / "mlm" / "relay_config.json").read_text())
+    assert saved["backbone_weights"] == "model.safetensors"  # the trained backbone is in the folder
+    relay, record = load_trained(path, preset, torch.device("cpu"))  # RelayModel.from_pretrained(fresh, folder)
+    model, reference = build(preset, torch.device("cpu"))  # the same weights from the training checkpoint
+    ck = torch.load(path, weights_only=False)
+    model.load_state_dict(ck["model"])
+    reference.channel.load_state_dict(ck["channel"])
+    model.eval()
+    ids = torch.from_numpy(pool.puzzles[:4])  # blanks are 0, the mask id
+    assert MASK == 0
+    with torch.no_grad():
+        a, b = relay(ids), reference(ids)
+        assert torch.equal(relay(ids, state=a.state).logits, reference(ids, state=b.state).logits)
+    assert record["method"] == "mlm"
