@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-
-from huggingface_hub import ModelCard, ModelCardData
+from typing import TYPE_CHECKING
 
 from relaykit.config import RelayConfig
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -34,6 +36,8 @@ def relay_card(config: RelayConfig, *, repo_id: str | None = None, hf_class: str
     ``hf_class``: the transformers class of a Hugging Face backbone whose weights and ``config.json`` the folder
     holds (the card then shows how to load them without relaykit).
     """
+    from huggingface_hub import ModelCard, ModelCardData  # imported on use: `import relaykit` stays light
+
     base = hub_base_model(config.backbone)
     data = ModelCardData(
         base_model=base,

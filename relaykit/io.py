@@ -37,6 +37,7 @@ from torch import nn
 from relaykit import atomic
 from relaykit.adapter import Adapter
 from relaykit.adapters import adapter_from_config
+from relaykit.card import relay_card
 from relaykit.config import FORMAT_VERSION, RelayConfig
 from relaykit.fingerprint import changed_tensors
 from relaykit.model import CHANNEL_ATTR, RelayCore
@@ -159,8 +160,6 @@ def save_relay(
             **{**base.__dict__, "backbone_weights": entry, "weights_sha256": _sha256(stage / WEIGHTS_NAME)},
         )
         config.files = sorted(files)
-        from relaykit.card import relay_card
-
         hf_class = type(relay.backbone).__name__ if HF_CONFIG_NAME in files else None
         card = relay_card(config, repo_id=repo_id, hf_class=hf_class)
         atomic.write_file(stage / CARD_NAME, str(card).encode())
@@ -338,8 +337,6 @@ def _load_channel_weights(relay: RelayCore, weights_path: Path) -> None:
 # -------------------------------------------------------------------------------------------------------- hub
 def model_card(relay: RelayCore, repo_id: str) -> str:
     """The README.md text a save writes (huggingface_hub ModelCard), naming ``repo_id`` in its snippet."""
-    from relaykit.card import relay_card
-
     return str(relay_card(relay_config(relay), repo_id=repo_id))
 
 
