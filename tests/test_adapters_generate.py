@@ -1,5 +1,5 @@
 """relaykit.generate drives each family through its adapter's decode_kwargs (the loop checks every call's
-positions against the adapter's call_positions, so a disagreement raises)."""
+positions against the adapter's plan_call, so a disagreement raises)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stateful property tests of the cache contracts (design.md 2-5) over decoding trajectories hypothesis chooses.
+"""Stateful property tests of the cache contracts 2-5 (docs/design.md) over decoding trajectories hypothesis picks.
 
 A machine decodes one canvas block by block with a cached runner (the one ``relaykit.generate`` uses) and, for
 the exact mode, a recomputing runner side by side. Hypothesis chooses the shape (batch, prompt, block size,

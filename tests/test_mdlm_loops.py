@@ -277,7 +277,7 @@ def test_bd3lm_training_layout_relays_the_noisy_half_only() -> None:
         relaykit.attach(tiny_dit())(z, clean_ids=x0)
 
 
-def test_one_adapter_object_serves_two_models_and_keeps_no_state() -> None:
+def test_contract9_one_adapter_object_serves_two_models_and_keeps_no_state() -> None:
     """Per-attachment facts live in the Binding that bind() returns, not on the adapter (BD3-LM's block layout)."""
     adapter = MDLMAdapter()
     before = dict(vars(adapter))
