@@ -86,7 +86,7 @@ def test_policy_counts_are_not_rounded(build: object, message: str) -> None:
 
 
 def test_driver_k_is_not_rounded() -> None:
-    with pytest.raises(ValueError, match=r"k \(denoising steps per window\) must be an int >= 1, got float 1\.7"):
+    with pytest.raises(ValueError, match=r"k \(denoising steps per window\) must be an int >= 1, got 1\.7"):
         PersistentRollout(tiny_relay(), [batch(2, 6)], k=1.7)  # type: ignore[arg-type]
 
 
