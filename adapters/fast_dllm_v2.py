@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
+from relaykit.plan import Binding, CallPlan, all_bare, hf_positions
 from relaykit.resolve import Side, resolve_module
 
 PUBLISHED_MASK_ID = 151665
@@ -68,33 +69,28 @@ class FastDLLMv2Adapter(FamilyAdapter):
         return resolve_module(model, "model", role="call module")
 
     # --------------------------------------------------------------- per-call behaviour
-    @staticmethod
-    def _training_layout(input_ids: Tensor, kwargs: dict[str, Any]) -> bool:
+    def plan_call(
+        self, binding: Binding, ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
+    ) -> CallPlan:
+        """Training ``[x_t ; x_0]`` (2L columns, ``labels`` of L): relay on the noisy half, at 0 .. L-1. Decoding:
+        ``cache_len + arange(q)``, plus ``replace_position`` inside the cached block for a sub-block call. Commit
+        and prefill passes (``update_past_key_values=True``) store committed blocks: all relay-free; every other
+        call takes relay wherever a state exists."""
+        b, q = ids.shape
+        cache = kwargs.get("past_key_values")
+        bare = all_bare(ids, bool(kwargs.get("update_past_key_values")))  # (b, q)
         labels = kwargs.get("labels")
-        return isinstance(labels, Tensor) and input_ids.shape[1] == 2 * labels.shape[-1]
-
-    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        b, q = input_ids.shape
-        if self._training_layout(input_ids, kwargs):  # [x_t ; x_0]: both halves at 0 .. L-1
-            half = torch.arange(q // 2, device=input_ids.device)
-            return torch.cat([half, half]).expand(b, q)
-        start = super().call_positions(input_ids, args, kwargs)[:, :1]  # (b, 1): cache_len
+        if isinstance(labels, Tensor) and q == 2 * labels.shape[-1]:  # [x_t ; x_0]: relay on x_t
+            half = torch.arange(q // 2, device=ids.device).expand(b, q // 2)
+            return CallPlan(
+                half, bare[:, : q // 2], columns=slice(0, q // 2), cache=cache, uses_cache=cache is not None
+            )
+        start = hf_positions(ids, kwargs, cache)[:, :1]  # (b, 1): cache_len
         replace = kwargs.get("replace_position")
         if kwargs.get("use_block_cache") and replace is not None:
             start = start + int(replace)  # sub-block inside the cached block
-        return start + torch.arange(q, device=input_ids.device)
-
-    def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
-        if self._training_layout(input_ids, kwargs):
-            return slice(0, input_ids.shape[1] // 2)  # the noisy half x_t
-        return None
-
-    def bare_positions(
-        self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
-    ) -> Tensor:
-        """Commit and prefill passes (``update_past_key_values=True``) store committed blocks: all relay-free.
-        Every other call takes relay wherever a state exists."""
-        return torch.full_like(input_ids, bool(kwargs.get("update_past_key_values")), dtype=torch.bool)
+        positions = start + torch.arange(q, device=ids.device)  # (b, q)
+        return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None)
 
     def clean_layout(self, model: nn.Module) -> bool:
         return True
@@ -123,7 +119,7 @@ class FastDLLMv2Adapter(FamilyAdapter):
         The model builds its block-causal mask itself, in blocks of ``block_size`` counted from position 0, so the
         loop's blocks must sit on multiples of ``block_size`` (a prompt length that is a multiple of it).
         Commit and prefill passes append to the cache (``update_past_key_values``); the sub-block cache keeps
-        ``block_past_key_values`` in ``call.memo`` between calls.
+        ``block_past_key_values`` as the call's ``block_cache`` (see :meth:`decode_block_cache`).
         """
         block = call.block
         if block is None:  # the prompt prefill: the loop's blocks follow the prompt segment
@@ -145,12 +141,9 @@ class FastDLLMv2Adapter(FamilyAdapter):
             kwargs.update(use_block_cache=True)
         elif call.kind == "sub_block":
             a, _ = call.replaced if call.replaced is not None else (call.start, call.stop)
-            kwargs.update(
-                use_block_cache=True, block_past_key_values=call.memo["block_past_key_values"], replace_position=a - s
-            )
+            kwargs.update(use_block_cache=True, block_past_key_values=call.block_cache, replace_position=a - s)
         return kwargs
 
-    def decode_cache(self, output: Any, call: DecodeCall) -> Any:
-        if call.kind == "block":
-            call.memo["block_past_key_values"] = output.block_past_key_values
-        return super().decode_cache(output, call)
+    def decode_block_cache(self, output: Any, call: DecodeCall) -> Any:
+        """A block call (the whole active block) fills ``block_past_key_values``; sub-block calls read it."""
+        return output.block_past_key_values if call.kind == "block" else call.block_cache

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
+from relaykit.plan import Binding, CallPlan, all_bare, clean_rows, hf_positions
 from relaykit.resolve import Side, resolve_module
 
 PUBLISHED_MASK_ID = 126336
@@ -80,31 +81,18 @@ class LLaDAAdapter(FamilyAdapter):
         return bool(value) if value is not None else super().tied(model)
 
     # --------------------------------------------------------------- per-call behaviour
-    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        replace = kwargs.get("replace_position")
-        if replace is None:
-            return super().call_positions(input_ids, args, kwargs)  # full forward or prefix cache
-        b, q = input_ids.shape
-        if not isinstance(replace, Tensor) or replace.dim() != 2 or replace.shape[0] != b:
-            got = tuple(replace.shape) if isinstance(replace, Tensor) else type(replace).__name__
-            raise ValueError(f"replace_position must be a (batch, L) bool tensor with batch {b}; got {got}")
-        counts = replace.sum(-1)  # (b,)
-        if bool((counts != q).any()):
-            raise ValueError(
-                f"replace_position selects {counts.tolist()} columns per row but the call feeds {q} tokens; the dual "
-                f"cache needs exactly one True per fed token"
-            )
-        cols = torch.arange(replace.shape[1], device=replace.device).expand(b, -1)  # (b, L)
-        return cols[replace.bool()].view(b, q).to(input_ids.device)  # True columns, in order
-
-    def bare_positions(
-        self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
-    ) -> Tensor:
-        """A refresh (``use_cache=True``, no cache given) is relay-free: with bidirectional attention any relay
+    def plan_call(
+        self, binding: Binding, ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
+    ) -> CallPlan:
+        """Positions: ``replace_position``'s True columns (dual cache), else the HF rule (full forward, prefix
+        cache). A refresh (``use_cache=True``, no cache given) is relay-free: with bidirectional attention any relay
         would leak into every key it caches. h is still written at its masked positions."""
-        if kwargs.get("use_cache") and kwargs.get("past_key_values") is None:
-            return torch.ones_like(input_ids, dtype=torch.bool)
-        return super().bare_positions(input_ids, positions, args, kwargs, mask_token_id=mask_token_id)
+        cache = kwargs.get("past_key_values")
+        replace = kwargs.get("replace_position")
+        positions = hf_positions(ids, kwargs, cache) if replace is None else _replaced_columns(ids, replace)
+        refresh = bool(kwargs.get("use_cache")) and cache is None
+        bare = all_bare(ids, True) if refresh else clean_rows(ids, mask_token_id)
+        return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None)
 
     def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
         """LLaDA's own arguments for :func:`relaykit.generate`: a list cache and a dual-cache ``replace_position``.
@@ -122,3 +110,19 @@ class LLaDAAdapter(FamilyAdapter):
             replace[:, a:b] = True
             kwargs["replace_position"] = replace
         return kwargs
+
+
+def _replaced_columns(ids: Tensor, replace: Any) -> Tensor:
+    """The True columns of a dual-cache ``replace_position`` (b, L), in order: the positions of ``ids`` (b, q)."""
+    b, q = ids.shape
+    if not isinstance(replace, Tensor) or replace.dim() != 2 or replace.shape[0] != b:
+        got = tuple(replace.shape) if isinstance(replace, Tensor) else type(replace).__name__
+        raise ValueError(f"replace_position must be a (batch, L) bool tensor with batch {b}; got {got}")
+    counts = replace.sum(-1)  # (b,)
+    if bool((counts != q).any()):
+        raise ValueError(
+            f"replace_position selects {counts.tolist()} columns per row but the call feeds {q} tokens; the dual "
+            f"cache needs exactly one True per fed token"
+        )
+    cols = torch.arange(replace.shape[1], device=replace.device).expand(b, -1)  # (b, L)
+    return cols[replace.bool()].view(b, q).to(ids.device)  # True columns, in order

@@ -31,7 +31,7 @@ Example::
 
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from relaykit.adapters._family import FamilyAdapter
 from relaykit.kvcache import DecodeCall
+from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import Side, resolve_module
 
 
@@ -69,6 +70,14 @@ def _root(model: nn.Module) -> str | None:
         if isinstance(owner, nn.Module) and hasattr(owner, "vocab_embed") and hasattr(owner, "output_layer"):
             return prefix
     return None
+
+
+@dataclass(frozen=True, eq=False)
+class MDLMBinding(Binding):
+    """An MDLM / BD3-LM attachment: BD3-LM's first block (its ``kv_cache`` / ``cache_idx``) and block size."""
+
+    first_block: nn.Module | None = None
+    block_size: int | None = None  # BD3-LM with the [x_t ; x_0] layout; None for MDLM
 
 
 class MDLMAdapter(FamilyAdapter):
@@ -119,44 +128,44 @@ class MDLMAdapter(FamilyAdapter):
             return None
         return int(config.block_size), int(config.model_length)
 
-    # --------------------------------------------------------------- per-call behaviour
-    def bind(self, model: nn.Module) -> None:
-        """Remember the DiT's first block (BD3-LM keeps its cache length there) and its block layout."""
+    # --------------------------------------------------------------- binding and the per-call description
+    def bind(self, model: nn.Module) -> MDLMBinding:
+        """The hooked modules, the DiT's first block (BD3-LM keeps its cache length there) and the block layout."""
+        base = super().bind(model)
         blocks = getattr(self._dit(model), "blocks", None)
-        self._first_block = weakref.ref(blocks[0]) if blocks is not None and len(blocks) else None
-        self._layout = self._block_diffusion(model)
+        layout = self._block_diffusion(model)
+        return MDLMBinding(
+            base.embedding,
+            base.final_hidden,
+            base.side,
+            base.call_module,
+            first_block=blocks[0] if blocks is not None and len(blocks) else None,
+            block_size=None if layout is None else layout[0],
+        )
 
-    def _cached_block(self, kwargs: dict[str, Any]) -> nn.Module | None:
-        """BD3-LM's first block when this call samples with its KV cache (the cache lives on the modules)."""
-        first = self._first_block() if getattr(self, "_first_block", None) is not None else None
-        if kwargs.get("sample_mode") and getattr(first, "kv_cache", None) is not None:
-            return first
-        return None
-
-    def uses_cache(self, kwargs: dict[str, Any]) -> bool:
-        return self._cached_block(kwargs) is not None or super().uses_cache(kwargs)
-
-    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        b, q = input_ids.shape
-        first = self._cached_block(kwargs)
-        start = int(first.cache_idx) if first is not None else 0  # the active block sits after the committed ones
-        return (start + torch.arange(q, device=input_ids.device)).expand(b, q)
-
-    def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
-        layout = getattr(self, "_layout", None)
-        if layout is None:
-            return None
-        q = input_ids.shape[1]
-        if not kwargs.get("sample_mode"):
-            return slice(0, q // 2)  # training: the noisy half of [x_t ; x_0]
-        return slice(max(q - layout[0], 0), q)  # sampling: the active (last) block, all of it with a cache
-
-    def bare_positions(
-        self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
-    ) -> Tensor:
-        """BD3-LM's commit pass (``store_kv=True``) stores a finished block: relay-free. MDLM has no cache to
-        protect, so every other call takes relay wherever a state exists."""
-        return torch.full_like(input_ids, bool(kwargs.get("store_kv")), dtype=torch.bool)
+    def plan_call(
+        self, binding: Binding, ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
+    ) -> CallPlan:
+        """MDLM: the whole sequence at 0 .. q-1. BD3-LM: relay on the noisy half of ``[x_t ; x_0]`` (training) or on
+        the active (last) block (sampling), at ``cache_idx + arange`` when its module-held KV cache is in use; the
+        commit pass (``store_kv=True``) stores a finished block: relay-free. MDLM has no cache to protect, so every
+        other call takes relay wherever a state exists."""
+        if not isinstance(binding, MDLMBinding):
+            raise TypeError(f"MDLMAdapter.plan_call needs the MDLMBinding its bind() returns, got {type(binding)}")
+        b, q = ids.shape
+        first = binding.first_block
+        sampling = bool(kwargs.get("sample_mode"))
+        cached = sampling and getattr(first, "kv_cache", None) is not None  # BD3-LM's cache lives on its modules
+        columns = None
+        if binding.block_size is not None:  # BD3-LM
+            columns = slice(max(q - binding.block_size, 0), q) if sampling else slice(0, q // 2)
+        start = int(first.cache_idx) if cached else 0  # the active block sits after the committed ones
+        positions = (start + torch.arange(q, device=ids.device)).expand(b, q)  # (b, q)
+        if columns is not None:
+            positions = positions[:, columns]  # (b, q')
+        bare = torch.full_like(positions, bool(kwargs.get("store_kv")), dtype=torch.bool)
+        cache = kwargs.get("past_key_values")
+        return CallPlan(positions, bare, columns=columns, cache=cache, uses_cache=cached or cache is not None)
 
     def clean_layout(self, model: nn.Module) -> bool:
         return self._block_diffusion(model) is not None  # BD3-LM with cross_attn

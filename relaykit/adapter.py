@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.kvcache import Attention, DecodeCall, cache_length, crop_cache
+from relaykit.kvcache import Attention, DecodeCall, crop_cache
+from relaykit.plan import Binding, CallPlan, clean_rows, hf_positions
 from relaykit.resolve import (
     Side,
     config_mask_id,
@@ -33,7 +34,7 @@ from relaykit.resolve import (
     module_path,
 )
 
-__all__ = ["Adapter", "Side"]
+__all__ = ["Adapter", "Binding", "CallPlan", "Side", "clean_rows", "hf_positions"]
 
 
 class Adapter:
@@ -51,10 +52,6 @@ class Adapter:
     decode_modes: tuple[str, ...] = ("prefix", "dual", "sub_block")
 
     # --------------------------------------------------------------- modules
-    def bind(self, model: nn.Module) -> None:
-        """Called once when relay is attached to ``model``: families that keep per-call bookkeeping on their modules
-        (BD3-LM's cache length) remember the model here. One adapter object serves one attached model."""
-
     def embedding(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__} must implement embedding(model)")
 
@@ -95,59 +92,27 @@ class Adapter:
         emb = self.embedding(model)
         return getattr(head, "weight", None) is getattr(emb, "weight", object())
 
-    # --------------------------------------------------------------- per-call behaviour
-    def embedding_input_ids(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        """The token ids the embedding module was called with (b, q)."""
-        ids = args[0] if args else kwargs.get("input", kwargs.get("input_ids"))
-        if not isinstance(ids, Tensor) or ids.dim() != 2:
-            raise TypeError(
-                f"relay expected the embedding to be called with token ids of shape (batch, length); got "
-                f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}"
-            )
-        return ids
+    # --------------------------------------------------------------- binding and the per-call description
+    def bind(self, model: nn.Module) -> Binding:
+        """Resolve what the hooks need on ``model``, once, at attach. Families that read per-call facts from their
+        modules (BD3-LM's cache length) return a :class:`Binding` subclass holding them; the adapter itself keeps
+        no per-model state, so one adapter object may serve many models."""
+        final, side = self.final_hidden(model)
+        return Binding(self.embedding(model), final, side, self.call_module(model))
 
-    def cache_of(self, kwargs: dict[str, Any]) -> Any:
-        """The KV cache object passed to this call, if any."""
-        return kwargs.get("past_key_values")
+    def plan_call(
+        self, binding: Binding, ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
+    ) -> CallPlan:
+        """What one backbone call means for relay: the one question the hooks ask an adapter per call.
 
-    def call_positions(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        """Absolute sequence positions (b, q) of the tokens fed by this call.
-
-        HF convention: explicit integer ``position_ids`` (b, q) or (q,) when given, else cache length + arange(q).
-        Families override this for their own cache arguments (Fast-dLLM v1 ``replace_position``, v2 sub-blocks).
+        ``ids`` (b, q) are the token ids the embedding was called with; ``args`` / ``kwargs`` are the arguments of
+        the call module's ``__call__``. HF convention: positions from explicit ``position_ids`` or the cache length
+        (:func:`hf_positions`), the ``past_key_values`` cache, and relay-free rows where no mask token is fed
+        (:func:`clean_rows`: a prompt prefill or a commit pass). Families override this for their own arguments.
         """
-        b, q = input_ids.shape
-        given = kwargs.get("position_ids")
-        if isinstance(given, Tensor) and not given.is_floating_point() and given.shape[-1] == q and given.dim() <= 2:
-            return given.to(input_ids.device, torch.long).expand(b, q)
-        past = cache_length(self.cache_of(kwargs))
-        return (past + torch.arange(q, device=input_ids.device)).unsqueeze(0).expand(b, q)
-
-    def bare_positions(
-        self, input_ids: Tensor, positions: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
-    ) -> Tensor:
-        """Fed positions (b, q) bool that get the bare embedding (no relay) in this call.
-
-        These are the relay-free cache passes, which store committed context so that its cached keys and values
-        equal the bare backbone's (contract 4). Default: every position of a row that feeds no mask token (a
-        prompt prefill, or a commit pass such as Fast-dLLM v2's ``update_past_key_values=True`` or BD3-LM's
-        ``store_kv``). h is still written by the masked-only rule, so a clean row writes none. Override e.g. to
-        make a Fast-dLLM v1 refresh (the full forward that refills the cache) relay-free.
-        """
-        clean = ~(input_ids == mask_token_id).any(-1, keepdim=True)  # (b, 1)
-        return clean.expand_as(input_ids)
-
-    def uses_cache(self, kwargs: dict[str, Any]) -> bool:
-        return self.cache_of(kwargs) is not None
-
-    def relay_columns(self, input_ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> slice | None:
-        """The columns of this embedding call that take part in relay (relay added, h written); None: all.
-
-        ``input_ids`` (b, q) are the ids the embedding was called with. Block-diffusion families return the noisy
-        half of a ``[x_t ; x_0]`` training input, or the active (last) block of a cache-free sampling call: the
-        other columns are relay-free context, and ``call_positions`` is sliced the same way.
-        """
-        return None
+        cache = kwargs.get("past_key_values")
+        positions = hf_positions(ids, kwargs, cache)  # (b, q)
+        return CallPlan(positions, clean_rows(ids, mask_token_id), cache=cache, uses_cache=cache is not None)
 
     def clean_layout(self, model: nn.Module) -> bool:
         """Whether ``model`` trains on a ``[x_t ; x_0]`` input (block diffusion): then pass ``clean_ids=x0``."""
@@ -212,6 +177,11 @@ class Adapter:
         """The KV cache after a call (HF: ``output.past_key_values``); None when the output carries none."""
         cache = getattr(output, "past_key_values", None)
         return cache if cache is not None else call.cache
+
+    def decode_block_cache(self, output: Any, call: DecodeCall) -> Any:
+        """The block cache to keep after a call when the family holds it apart from the KV cache (Fast-dLLM v2's
+        ``block_past_key_values``); the HF convention appends the block to the KV cache, so none by default."""
+        return call.block_cache
 
     def crop_cache(self, cache: Any, length: int) -> Any:
         """The cache keeping only positions < ``length`` (HF ``crop``, or slicing a list of (k, v))."""

@@ -21,7 +21,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -110,7 +110,8 @@ class DecodeCall:
         attention: "bidirectional" or "block_causal" (a position sees segments up to its own).
         block: the active block ``(start, stop)`` (None before the first block: prompt prefill).
         block_size: the decode's block size (the canvas length when decoding without blocks).
-        memo: a dict kept for the whole decode where an adapter may keep family state between calls.
+        block_cache: the sub-block cache's block cache when the family keeps it apart from ``cache`` (Fast-dLLM v2's
+            ``block_past_key_values``): what ``Adapter.decode_block_cache`` returned after the block call.
     """
 
     kind: CallKind
@@ -126,7 +127,7 @@ class DecodeCall:
     block: tuple[int, int] | None = None
     block_size: int | None = None
     device: torch.device | None = None
-    memo: dict[str, Any] = field(default_factory=dict)
+    block_cache: Any = None
 
     @property
     def length(self) -> int:

@@ -15,12 +15,13 @@ from families import randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from recorder import Recorder, check_committed_frozen, check_locality
-from twins.bd3lm import tiny_bd3lm
-from twins.mdlm import tiny_dit, tiny_hf_mdlm
+from tiny import MASK_ID, TinyMDM
 
 import relaykit
 from relaykit import RelayState
-from relaykit.adapters import ddpm_cache_valid
+from relaykit.adapters import MDLMAdapter, ddpm_cache_valid
+from relaykit.testing.twins.bd3lm import tiny_bd3lm
+from relaykit.testing.twins.mdlm import tiny_dit, tiny_hf_mdlm
 
 MASK, BOS, BS = 47, 0, 4
 
@@ -274,3 +275,41 @@ def test_bd3lm_training_layout_relays_the_noisy_half_only() -> None:
         relay(z[:, :8], clean_ids=x0[:, :8])
     with pytest.raises(TypeError, match="no \\[x_t ; x_0\\] training layout"):
         relaykit.attach(tiny_dit())(z, clean_ids=x0)
+
+
+def test_contract9_one_adapter_object_serves_two_models_and_keeps_no_state() -> None:
+    """Per-attachment facts live in the Binding that bind() returns, not on the adapter (BD3-LM's block layout)."""
+    adapter = MDLMAdapter()
+    before = dict(vars(adapter))
+    bd3, dit = tiny_bd3lm(dtype=torch.float64), tiny_dit(dtype=torch.float64)
+    relay_bd3, relay_dit = relaykit.attach(bd3, adapter), relaykit.attach(dit, adapter)
+    x0 = torch.randint(0, MASK, (2, 16), generator=torch.Generator().manual_seed(7))
+    z = x0.clone()
+    z[:, ::2] = MASK
+    out_bd3 = relay_bd3(z, clean_ids=x0)  # [x_t ; x_0]: relay on the noisy half only
+    out_dit = relay_dit(z)  # the whole sequence
+    assert out_bd3.positions.tolist() == out_dit.positions.tolist() == [list(range(16))] * 2
+    assert relay_bd3.adapter is relay_dit.adapter is adapter and vars(adapter) == before
+
+
+def test_bd3lm_module_cache_refuses_update_all() -> None:
+    model = tiny_bd3lm()
+    relay = relaykit.attach(model, update="all")
+    assert relay.adapter.name == "mdlm"
+    with torch.no_grad(), relay.session(), pytest.raises(ValueError, match="update='all' writes h"):
+        bd3_sample(model, kv_cache=True, relay=relay)
+    for block in model.backbone.blocks:
+        block.kv_cache = None  # drop the module-held cache, as the sampler's caller does
+    with torch.no_grad(), relay.session():
+        bd3_sample(model, kv_cache=False, relay=relay)  # cache-free sampling may use update='all'
+
+
+def test_ddpm_cache_reuse_is_refused_between_explicit_calls() -> None:
+    relay = relaykit.attach(TinyMDM(), embedding="encoder.tok_emb", final_hidden="encoder.norm", mask_token_id=MASK_ID)
+    x = torch.full((1, 4), MASK_ID)
+    relay(x)  # explicit-state sampler: between calls no call or session is open
+    assert not ddpm_cache_valid(x, x.clone(), relay=relay)
+    with relay.disabled():
+        assert ddpm_cache_valid(x, x.clone(), relay=relay)
+    relay.detach()
+    assert ddpm_cache_valid(x, x.clone(), relay=relay) and not ddpm_cache_valid(x, x + 1, relay=relay)

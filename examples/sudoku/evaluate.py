@@ -67,6 +67,15 @@ def zeroed_h(relay: relaykit.RelayModel) -> Iterator[None]:
             handle.remove()
 
 
+def cache_key(data: PuzzleSet, thresholds: tuple[float, ...], *, source: str) -> str:
+    """The folder name of an evaluation cache: source name, size, a digest of the puzzles and the thresholds.
+
+    Keyed by content, so another file with the same name never reuses the old results.
+    """
+    taus = "_".join(f"{t:g}" for t in thresholds)
+    return f"{source}-{len(data)}-{data.digest()[:12]}-tau{taus}"
+
+
 def evaluate(
     relay: relaykit.RelayModel,
     data: PuzzleSet,
@@ -84,6 +93,12 @@ def evaluate(
     (what the bootstrap intervals resample). ``cells_per_forward`` is the blanks committed per forward pass."""
     from tqdm.auto import tqdm
 
+    complete = np.flatnonzero((data.puzzles != 0).all(-1))
+    if complete.size:
+        raise ValueError(
+            f"{data.source}: puzzle(s) {complete[:5].tolist()} have no blank cell: nothing to decode (accuracy and "
+            f"NFE would be meaningless); drop them from the evaluation set"
+        )
     rows = []
     puzzles = torch.from_numpy(data.puzzles)
     solutions = torch.from_numpy(data.solutions)

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the `sudoku` package impo
 
 import torch  # noqa: E402
 
+from sudoku import store  # noqa: E402
 from sudoku.presets import DESCRIPTIONS, HELP, METHODS, PRESETS, Preset  # noqa: E402
 
 ABLATIONS = {"relay_sg": "relay_sg_h0", "relay": "relay_h0"}
@@ -104,9 +105,13 @@ def check_config(out: Path, preset: Preset, seed: int) -> None:
     """Refuse to resume a folder trained with other settings (its checkpoints would not match)."""
     training = {k: v for k, v in preset.to_dict().items() if k not in EVAL_ONLY}
     config = {"preset": training, "seed": seed}
+    store.check_run_folder(out)
     path = out / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = store.read_json(path, what="the settings this folder was trained with")
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
         defaults = Preset(name=preset.name).to_dict()  # a folder trained before a setting existed had its default
         for key, value in defaults.items():
             if key not in EVAL_ONLY:
@@ -118,8 +123,7 @@ def check_config(out: Path, preset: Preset, seed: int) -> None:
                 f"{out} holds a run with other settings ({path}); pass a new --out, or delete the folder to restart"
             )
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1))
+        store.write_json(path, config)
 
 
 def puzzle_sets(
@@ -159,7 +163,7 @@ def run_seed(
     import numpy as np
 
     from sudoku import data as sdata
-    from sudoku.evaluate import evaluate
+    from sudoku.evaluate import cache_key, evaluate
     from sudoku.train import load_trained, train
 
     device = torch.device(args.device)
@@ -170,7 +174,6 @@ def run_seed(
     )
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    taus = "_".join(f"{t:g}" for t in preset.thresholds)
     rows: list[dict[str, object]] = []
     outcomes: dict[tuple[str, str], dict] = {}
     summary: dict[str, object] = {"seed": seed}
@@ -188,11 +191,12 @@ def run_seed(
         for name, zero_h in variants:
             for set_name, (puzzles, subsets) in sets.items():
                 where = source if set_name == "eval" else "generated"
-                eval_dir = out / "eval" / f"{set_name}-{where}-{len(puzzles)}-tau{taus}"  # cached per setting
+                key = cache_key(puzzles, preset.thresholds, source=f"{set_name}-{where}")  # keyed by content
+                eval_dir = out / "eval" / key
                 eval_dir.mkdir(parents=True, exist_ok=True)
                 cache, per = eval_dir / f"{name}.json", eval_dir / f"{name}.npz"
-                if cache.exists() and per.exists():
-                    found = json.loads(cache.read_text())
+                found = store.read_cache(cache, what=f"cached evaluation of {name}") if per.exists() else None
+                if found is not None:
                     with np.load(per) as f:
                         outcome = {"solved": f["solved"], "nfe": f["nfe"]}
                 else:
@@ -209,7 +213,7 @@ def run_seed(
                     )
                     np.savez(per.with_suffix(".tmp.npz"), **outcome)
                     per.with_suffix(".tmp.npz").replace(per)
-                    cache.write_text(json.dumps(found))
+                    store.write_json(cache, found, indent=None)
                 rows.extend(found)
                 outcomes[(name, set_name)] = outcome
     return rows, outcomes, summary
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     label = f"{len(seeds)} seeds, " if len(seeds) > 1 else ""
     pareto(rows, root / "pareto.png", title=f"Sudoku ({preset.name} preset, {label}{evalset.source} puzzles)")
     seconds = round(time.perf_counter() - started, 1)
-    (root / "summary.json").write_text(json.dumps({"seeds": summaries, "seconds": seconds}, indent=1))
+    store.write_json(root / "summary.json", {"seeds": summaries, "seconds": seconds})
     print()
     print(table(rows, subsets=("all",)))
     print()

@@ -1,0 +1,96 @@
+"""What an adapter tells the relay hooks: a :class:`Binding` per attachment and a :class:`CallPlan` per call.
+
+Legend: b batch, q columns of the embedding call, q' the columns that take part in relay.
+
+``Adapter.bind(model)`` runs once at attach and returns a Binding: the modules the hooks sit on, plus whatever a
+family must read from its modules on each call (BD3-LM keeps its cache length on the first block). The adapter
+keeps no per-model or per-call state. ``Adapter.plan_call(binding, ids, args, kwargs, mask_token_id=...)`` runs
+once per backbone call, when the embedding fires, and returns a frozen CallPlan: every per-call fact the core
+needs, typed.
+
+Example::
+
+    >>> import torch
+    >>> ids = torch.tensor([[5, 3, 3], [5, 6, 7]])                 # (b, q), mask id 3
+    >>> plan = CallPlan(hf_positions(ids, {}, None), clean_rows(ids, 3))   # no cache passed
+    >>> plan.positions.tolist(), plan.bare.tolist()
+    ([[0, 1, 2], [0, 1, 2]], [[False, False, False], [True, True, True]])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from relaykit.kvcache import cache_length
+from relaykit.resolve import Side
+
+
+@dataclass(frozen=True, eq=False)
+class Binding:
+    """What an adapter resolved on one attached model: the modules the relay hooks are registered on.
+
+    Families subclass it (a frozen dataclass too) to hold per-attachment facts their ``plan_call`` reads.
+    """
+
+    embedding: nn.Module  # relay adds R(h) to its output
+    final_hidden: nn.Module  # its output (or input, see side) is the new h
+    side: Side
+    call_module: nn.Module  # its __call__ sees each forward's arguments (caches, positions)
+
+
+@dataclass(frozen=True, eq=False)
+class CallPlan:
+    """One backbone call as relay sees it (returned by ``Adapter.plan_call``).
+
+    Attributes:
+        positions: (b, q') absolute sequence positions of the relay columns (contract 2: h is written only there).
+        bare: (b, q') bool, True where the bare backbone's embedding must be seen: relay-free cache passes, whose
+            stored keys and values must equal the bare backbone's (contract 4). h is still written there by the
+            masked-only rule.
+        columns: the columns of the embedding call that take part in relay (None: all of them), e.g. the noisy
+            half of a ``[x_t ; x_0]`` training input; the others are relay-free context.
+        cache: the KV cache object passed to the call (None: none passed); its rows are checked against the batch.
+        uses_cache: whether a KV cache is read or written by the call (``update="all"`` is refused then; a
+            cache held by the modules counts, e.g. BD3-LM's).
+    """
+
+    positions: Tensor
+    bare: Tensor
+    columns: slice | None = None
+    cache: Any = None
+    uses_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if self.positions.shape != self.bare.shape:
+            raise ValueError(
+                f"CallPlan: positions {tuple(self.positions.shape)} and bare {tuple(self.bare.shape)} must both be "
+                f"(b, q') over the relay columns"
+            )
+
+
+def hf_positions(ids: Tensor, kwargs: dict[str, Any], cache: Any) -> Tensor:
+    """Absolute positions (b, q) of a call fed ``ids`` (b, q), Hugging Face convention.
+
+    Explicit integer ``position_ids`` (b, q) or (q,) when given, else the cache length + arange(q).
+    """
+    b, q = ids.shape
+    given = kwargs.get("position_ids")
+    if isinstance(given, Tensor) and not given.is_floating_point() and given.shape[-1] == q and given.dim() <= 2:
+        return given.to(ids.device, torch.long).expand(b, q)
+    past = cache_length(cache)
+    return (past + torch.arange(q, device=ids.device)).unsqueeze(0).expand(b, q)
+
+
+def clean_rows(ids: Tensor, mask_token_id: int) -> Tensor:
+    """(b, q) bool: True over every row of ``ids`` that feeds no mask token (a prefill or commit pass)."""
+    clean = ~(ids == mask_token_id).any(-1, keepdim=True)  # (b, 1)
+    return clean.expand_as(ids)
+
+
+def all_bare(ids: Tensor, bare: bool) -> Tensor:
+    """(b, q) bool filled with ``bare``: a call that is relay-free as a whole (True) or not at all (False)."""
+    return torch.full_like(ids, bare, dtype=torch.bool)
