@@ -30,7 +30,7 @@ def snapshot(model: nn.Module) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("bb", GENERIC, ids=repr)
-def test_detach_restores_backbone_exactly(bb: Backbone) -> None:
+def test_contract6_detach_restores_backbone_exactly(bb: Backbone) -> None:
     model = bb.build()
     before = snapshot(model)
     ids = torch.full((2, 5), bb.mask_id)

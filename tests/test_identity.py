@@ -31,7 +31,7 @@ def make_input(bb: Backbone, d: int, example: tuple) -> tuple[torch.Tensor, Rela
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "gated"])
 @pytest.mark.parametrize("bb", GENERIC, ids=repr)
-def test_zero_initialised_relay_is_identity(bb: Backbone, kind: str) -> None:
+def test_contract1_zero_initialised_relay_is_identity_on_generic_backbones(bb: Backbone, kind: str) -> None:
     model = bb.build()
     relay = relaykit.attach(model, kind=kind, **bb.attach_kwargs)
     d = relay.channel.config.hidden_size

@@ -29,7 +29,7 @@ def trained_relay(bb: Backbone, **options: object) -> RelayModel:
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "gated"])
 @pytest.mark.parametrize("bb", GENERIC, ids=repr)
-def test_round_trip_is_exact(bb: Backbone, kind: str, tmp_path: Path) -> None:
+def test_contract7_round_trip_is_exact(bb: Backbone, kind: str, tmp_path: Path) -> None:
     relay = trained_relay(bb, kind=kind, norm="rmsnorm")
     relay.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temp files left
@@ -54,7 +54,7 @@ def test_saved_keys_have_no_wrapper_prefix(tmp_path: Path) -> None:
     assert sorted(load_file(str(tmp_path / WEIGHTS_NAME))) == ["norm.bias", "norm.weight", "proj.bias", "proj.weight"]
 
 
-def test_mismatched_backbone_names_both_shapes(tmp_path: Path) -> None:
+def test_contract7_mismatched_backbone_names_both_shapes(tmp_path: Path) -> None:
     bb = GENERIC[0]
     trained_relay(bb).save_pretrained(tmp_path)
     wider = TinyMDM(width=24)
