@@ -42,6 +42,7 @@ from torch.utils.hooks import RemovableHandle
 from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.checks import check_state_type
+from relaykit.fingerprint import fingerprint
 from relaykit.plan import Binding
 from relaykit.resolve import float_dtype_device
 from relaykit.slots import (
@@ -88,6 +89,8 @@ class RelayCore(nn.Module):
         self._handles: list[RemovableHandle] = []
         self._attached = False
         self._binding: Binding = adapter.bind(backbone)
+        # what save_pretrained(backbone="auto") compares against: the backbone as it was handed to relaykit
+        self._backbone_reference = fingerprint(backbone, skip_prefix=CHANNEL_ATTR)
         self._register()
 
     @classmethod
@@ -228,6 +231,7 @@ class RelayCore(nn.Module):
         use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
         if not bool(use.any()):  # host sync 2: skip the channel when no fed position takes relay
             return None  # exactly the bare embedding
+        hidden = hidden.masked_fill(~use.unsqueeze(-1), 0)  # unused positions never enter the channel's graph
         delta = self._channel(hidden)  # (b, q, e)
         delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
         if columns is None:
@@ -282,7 +286,7 @@ class RelayCore(nn.Module):
         """
         self._require_attached()
         self._check_ids(input_ids)
-        check_state_type(state)
+        self._check_state(state)
         run = self.adapter.call_backbone
         if self._disabled:
             output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
@@ -307,6 +311,29 @@ class RelayCore(nn.Module):
             raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one sequence")
+        vocab = self.adapter.vocab_size(self.backbone)
+        if input_ids.numel():
+            lo, hi = input_ids.aminmax()
+            lo_i, hi_i = int(lo), int(hi)
+            if lo_i < 0 or (vocab is not None and hi_i >= vocab):
+                raise ValueError(
+                    f"input_ids hold token ids {lo_i}..{hi_i} but the embedding has a vocabulary of {vocab} "
+                    f"(ids 0..{vocab - 1 if vocab is not None else '?'}); check the tokenizer against the model"
+                )
+
+    def _check_state(self, state: Any) -> None:
+        """TypeError unless a RelayState or None; ValueError when its width is not the channel's."""
+        check_state_type(state)
+        if state is None:
+            return
+        width = self._channel.config.hidden_size
+        if state.hidden_size != width:
+            raise ValueError(
+                f"the relay state has hidden width {state.hidden_size} but this relay's channel reads width {width} "
+                f"(the backbone's final hidden size); pass a state made by this model, or None"
+            )
 
     @contextlib.contextmanager
     def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:
@@ -315,6 +342,7 @@ class RelayCore(nn.Module):
         Leaving the block clears the state. Sessions do not nest.
         """
         self._require_attached()
+        self._check_state(state)
         if self._slots:
             raise RuntimeError("a relay session or call is already active on this model; sessions do not nest")
         slot = Slot(state=state, update=check_update(update or self.update))
