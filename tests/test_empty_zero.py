@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from backbones import BACKBONES, Backbone, logits_of
+from backbones import BACKBONES, GENERIC, Backbone, logits_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import MASK_ID, TinyMDM
@@ -28,7 +28,7 @@ def _manual(model: TinyMDM, ids: torch.Tensor, delta: torch.Tensor) -> torch.Ten
 
 
 @pytest.mark.parametrize("update", ["masked", "all"])
-@pytest.mark.parametrize("bb", BACKBONES, ids=repr)
+@pytest.mark.parametrize("bb", GENERIC, ids=repr)
 def test_empty_zero_is_identity_at_attach(bb: Backbone, update: str) -> None:
     model = bb.build()
     relay = relaykit.attach(model, update=update, empty="zero", **bb.attach_kwargs)  # type: ignore[arg-type]
