@@ -82,6 +82,7 @@ class Runner:
         self.last_fed: Span = (0, 0)  # positions fed by the last relay call
         self.refreshed = False
         self._tail_pos = -1
+        self.padding: Tensor | None = None  # (b, T) bool left padding (generate's attention_mask), hidden as keys
 
     # ------------------------------------------------------------------ the call plumbing
     def call(
@@ -112,6 +113,7 @@ class Runner:
             block_size=self.block_size,
             device=x.device,
             block_cache=self.block_cache,
+            padding=self.padding,
         )
         backbone_kwargs = self.adapter.decode_kwargs(self.relay.backbone, call)
         ids = x[:, start:stop]  # (b, q)

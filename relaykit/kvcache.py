@@ -112,6 +112,8 @@ class DecodeCall:
         block_size: the decode's block size (the canvas length when decoding without blocks).
         block_cache: the sub-block cache's block cache when the family keeps it apart from ``cache`` (Fast-dLLM v2's
             ``block_past_key_values``): what ``Adapter.decode_block_cache`` returned after the block call.
+        padding: (b, T) bool, the left padding of ``generate(attention_mask=...)``: hidden as keys from every
+            query (a padding query sees only itself).
     """
 
     kind: CallKind
@@ -128,6 +130,7 @@ class DecodeCall:
     block_size: int | None = None
     device: torch.device | None = None
     block_cache: Any = None
+    padding: Tensor | None = None  # (b, T) bool: left-padding positions of the canvas, hidden as keys
 
     @property
     def length(self) -> int:
@@ -160,6 +163,10 @@ class DecodeCall:
             stale = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
             stale[a : min(b, self.cache_length)] = True  # superseded cached columns; the fresh ones follow
             ok &= ~stale[None, :]
+        if self.padding is not None and bool(self.padding.any()):
+            hidden = self.padding[:, keys]  # (b, kv): padding keys
+            own = keys[None, :] == queries[:, None]  # (q, kv): a padding query still sees itself (no empty row)
+            return ok[None, None] & (~hidden[:, None, None, :] | own[None, None])  # (b, 1, q, kv)
         if not explicit and bool(ok.all()):
             return None
         return ok[None, None].expand(self.batch, 1, -1, -1)  # (b, 1, q, kv)

@@ -9,6 +9,7 @@ Example::
     relay = relaykit.attach(model, embedding="tok", final_hidden="norm", mask_token_id=3)
     relay.save_pretrained("out/relay")
     relay = relaykit.RelayModel.from_pretrained(model, "out/relay")     # or a Hub repo id
+    res = relay.generate(prompt, max_new_tokens=32, block_size=8)      # relaykit.generate as a method
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 from os import PathLike
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from relaykit.decoding import GenerateResult, generate
 from relaykit.io import load_relay, push_relay, save_relay
 from relaykit.model import RelayCore
 
@@ -37,3 +39,10 @@ class RelayModel(RelayCore):
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload the relay folder and a model card to the Hugging Face Hub."""
         return push_relay(self, repo_id, **kwargs)
+
+    def generate(self, input_ids: Tensor, **options: Any) -> GenerateResult:
+        """:func:`relaykit.generate` on this relay: ``relay.generate(prompt, max_new_tokens=32, do_sample=True)``.
+
+        ``options`` are generate's keyword arguments (or ``generation_config=GenerationConfig(...)``).
+        """
+        return generate(self, input_ids, **options)
