@@ -362,7 +362,10 @@ def _padding(relay: RelayCore, attention_mask: Tensor | None, input_ids: Tensor,
         )
     if input_ids.shape[1] and not bool(keep[:, -1].all()):
         raise ValueError("every row of attention_mask needs at least one prompt token (a 1 in its last column)")
-    if type(relay.adapter).decode_kwargs is not Adapter.decode_kwargs:
+    from_call = getattr(
+        relay.adapter, "builds_masks_from_call", type(relay.adapter).decode_kwargs is Adapter.decode_kwargs
+    )
+    if not from_call:
         raise ValueError(
             f"attention_mask (padding) needs an adapter that builds its attention masks from relaykit's DecodeCall "
             f"(the Hugging Face convention); adapter {relay.adapter.name!r} passes its backbone's own arguments. "

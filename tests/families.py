@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from relaykit.testing.twins.bd3lm import tiny_bd3lm
+from relaykit.testing.twins.dream import tiny_dream
 from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
 from relaykit.testing.twins.llada import tiny_llada
 from relaykit.testing.twins.mdlm import tiny_dit, tiny_hf_mdlm
@@ -54,6 +55,7 @@ FAMILIES = [
     Family("mdlm-hf", "mdlm", tiny_hf_mdlm, 48, 47, call_kwargs=_timesteps),
     Family("bd3lm", "mdlm", tiny_bd3lm, 48, 47, call_kwargs=_sample_mode, max_len=16),
     Family("fast-dllm-v2", "fast_dllm_v2", tiny_fast_dllm_v2, 64, 63, {"mask_token_id": 63}, _block),
+    Family("dream", "dream", tiny_dream, 64, 63),
 ]
 
 
