@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapters._family import FamilyAdapter
+from relaykit.cachearg import cache_argument
 from relaykit.kvcache import DecodeCall
 from relaykit.plan import Binding, CallPlan, clean_rows, hf_positions
 from relaykit.resolve import Side, resolve_module
@@ -62,7 +63,7 @@ class DreamAdapter(FamilyAdapter):
         self, binding: Binding, ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
     ) -> CallPlan:
         """Positions: the canvas columns (after any cache); ``position_ids`` / ``tok_idx`` are RoPE positions."""
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(binding.call_module, args, kwargs)
         positions = hf_positions(ids, {}, cache)  # (b, q): cache length + arange(q), position_ids ignored
         return CallPlan(positions, clean_rows(ids, mask_token_id), cache=cache, uses_cache=cache is not None)
 

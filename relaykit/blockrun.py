@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from relaykit.causality import native_attention
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
 from relaykit.model import RelayCore
 from relaykit.shift import align_logits
@@ -83,6 +84,7 @@ class Runner:
         self.refreshed = False
         self._tail_pos = -1
         self.padding: Tensor | None = None  # (b, T) bool left padding (generate's attention_mask), hidden as keys
+        self.explicit_mask = native_attention(relay.backbone) == "causal"  # no mask would mean causal attention
 
     # ------------------------------------------------------------------ the call plumbing
     def call(
@@ -114,6 +116,7 @@ class Runner:
             device=x.device,
             block_cache=self.block_cache,
             padding=self.padding,
+            explicit_mask=self.explicit_mask,
         )
         backbone_kwargs = self.adapter.decode_kwargs(self.relay.backbone, call)
         ids = x[:, start:stop]  # (b, q)

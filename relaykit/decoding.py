@@ -32,6 +32,7 @@ from torch import Tensor
 from relaykit.adapter import Adapter
 from relaykit.adapter import _accepts as accepts
 from relaykit.blockrun import RUNNERS, Runner
+from relaykit.causality import native_attention
 from relaykit.generation import GenerationConfig, choose_tokens
 from relaykit.kvcache import ATTENTIONS, Attention, cache_batch_size, cache_length
 from relaykit.model import RelayCore, unwrap_relay
@@ -419,6 +420,14 @@ def _mode(use_cache: bool | str, block_size: int | None) -> str | None:
 
 
 def _attention(relay: RelayCore, attention: str | None) -> Attention:
+    native = native_attention(relay.backbone)
+    if attention is None and relay.adapter.name == "generic" and native == "causal":
+        raise ValueError(
+            f"{type(relay.backbone).__name__} attends causally when called without a mask, and relaykit.generate "
+            f"decodes a masked diffusion canvas: pass attention='block_causal' (the prompt, earlier blocks and its "
+            f"own block; Fast-dLLM v2 style, exact with use_cache) or attention='bidirectional' (the whole canvas); "
+            f"relaykit then passes the 4D masks that give it"
+        )
     chosen = attention if attention is not None else getattr(relay.adapter, "attention", "bidirectional")
     if chosen not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {chosen!r}")

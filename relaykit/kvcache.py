@@ -114,6 +114,8 @@ class DecodeCall:
             ``block_past_key_values``): what ``Adapter.decode_block_cache`` returned after the block call.
         padding: (b, T) bool, the left padding of ``generate(attention_mask=...)``: hidden as keys from every
             query (a padding query sees only itself).
+        explicit_mask: pass a mask even when every key is allowed (the backbone attends causally without one,
+            see ``relaykit.causality``).
     """
 
     kind: CallKind
@@ -131,6 +133,7 @@ class DecodeCall:
     device: torch.device | None = None
     block_cache: Any = None
     padding: Tensor | None = None  # (b, T) bool: left-padding positions of the canvas, hidden as keys
+    explicit_mask: bool = False  # always pass a mask: the backbone attends causally when given none
 
     @property
     def length(self) -> int:
@@ -176,7 +179,7 @@ class DecodeCall:
 
         Always given for block-causal calls; for bidirectional ones only when some columns are hidden.
         """
-        ok = self.allowed(explicit=self.attention == "block_causal")
+        ok = self.allowed(explicit=self.attention == "block_causal" or self.explicit_mask)
         if ok is None or not additive:
             return ok
         return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill(~ok, torch.finfo(dtype).min)

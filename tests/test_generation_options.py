@@ -146,7 +146,10 @@ def test_all_rows_stopped_ends_decoding(mdm: relaykit.RelayModel) -> None:
 @pytest.mark.parametrize(
     ("build", "kw"),
     [
-        (lambda: relaykit.attach(tiny_llama_bidirectional(), mask_token_id=MASK), dict(policy=TopK(2))),
+        (
+            lambda: relaykit.attach(tiny_llama_bidirectional(), mask_token_id=MASK),
+            dict(policy=TopK(2), attention="bidirectional"),
+        ),  # fmt: skip
         (
             lambda: randomise(
                 relaykit.attach(
