@@ -22,6 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from relaykit.checks import is_int
+
 ChannelKind = Literal["linear", "mlp", "gated"]
 NormKind = Literal["layernorm", "rmsnorm", "none"]
 _KINDS = ("linear", "mlp", "gated")
@@ -54,7 +56,7 @@ class ChannelConfig:
             self.embedding_size = self.hidden_size
         for name in ("hidden_size", "embedding_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"ChannelConfig.{name} must be a positive int, got {value!r}")
         if self.kind not in _KINDS:
             raise ValueError(f"ChannelConfig.kind must be one of {_KINDS}, got {self.kind!r}")

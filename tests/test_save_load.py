@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from backbones import BACKBONES, Backbone
-from tiny import TinyMDM
+from tiny import MASK_ID, TinyMDM
 
 import relaykit
 from relaykit import RelayModel
@@ -130,3 +130,29 @@ def test_push_to_hub_writes_card_and_fails_clearly_offline(tmp_path: Path) -> No
     assert "library_name: relaykit" in card and "from_pretrained" in card and "me/relay" in card
     with pytest.raises(Exception, match="(?i)offline"):
         relay.push_to_hub("me/relay")
+
+
+class Opaque(torch.nn.Module):
+    """A custom MDM whose final hidden module's width cannot be read (a TransformerEncoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TinyMDM()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        enc = self.inner.encoder
+        return enc.head(enc.blocks(enc.tok_emb(ids)))
+
+
+def test_explicit_hidden_size_round_trips_and_is_checked(tmp_path: Path) -> None:
+    paths = {"embedding": "inner.encoder.tok_emb", "final_hidden": "inner.encoder.blocks", "mask_token_id": MASK_ID}
+    with pytest.raises(TypeError, match="pass hidden_size"):
+        relaykit.attach(Opaque(), **paths)
+    relay = relaykit.attach(Opaque(), hidden_size=16, **paths)
+    torch.nn.init.normal_(relay.channel.proj.weight)
+    relay.save_pretrained(tmp_path)
+    loaded = RelayModel.from_pretrained(Opaque(), tmp_path)
+    assert torch.equal(loaded.channel.proj.weight, relay.channel.proj.weight)
+    with pytest.raises(ValueError, match="hidden_size=24 but the backbone's final hidden state has width 16"):
+        relaykit.attach(TinyMDM(), embedding="encoder.tok_emb", final_hidden="encoder.norm", hidden_size=24,
+                        mask_token_id=MASK_ID)  # fmt: skip
