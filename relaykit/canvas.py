@@ -30,9 +30,19 @@ def build_canvas(
     relay: RelayCore, input_ids: Tensor, max_new_tokens: int, block_size: int | None
 ) -> tuple[Tensor, int]:
     """The canvas x (b, T) = prompt + masks, and where decoding starts (P; 0 when infilling)."""
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+    if isinstance(input_ids, Tensor) and (input_ids.is_floating_point() or input_ids.is_complex()):
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}; tokenize the prompt")
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
         got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a (batch, length) tensor of token ids, got {got}")
+    vocab = relay.adapter.vocab_size(relay.backbone)
+    if input_ids.numel():
+        lo, hi = (int(v) for v in input_ids.aminmax())
+        if lo < 0 or (vocab is not None and hi >= vocab):
+            raise ValueError(
+                f"input_ids hold token ids {lo}..{hi} but the embedding has a vocabulary of {vocab} "
+                f"(ids 0..{vocab - 1 if vocab is not None else '?'}); check the tokenizer against the model"
+            )
     if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(
             f"max_new_tokens must be an int >= 0 (0 infills the masks in input_ids), got {max_new_tokens!r}"

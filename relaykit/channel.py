@@ -109,6 +109,21 @@ class RelayChannel(nn.Module):
         if self.proj.bias is not None:
             nn.init.zeros_(self.proj.bias)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> RelayChannel:
+        """Module.to / to_empty / cuda ... go through here. A channel built on the meta device holds no values;
+        when ``to_empty()`` materialises it (``model.to_empty(device=...)`` after a meta-device attach) its memory
+        is garbage, so it is initialised afresh: norms to identity, inner projections at random, the output
+        projection at zero, and relay is again the identity until trained."""
+        was_meta = any(t.is_meta for t in self.parameters())
+        super()._apply(fn, recurse)
+        if was_meta and not any(t.is_meta for t in self.parameters()):
+            with torch.no_grad():
+                for module in self.modules():
+                    if module is not self and hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+                self.reset_parameters()
+        return self
+
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (b, n, d) -> relay addition (b, n, e), in the channel's parameter dtype unless autocast rules."""
         x = self.norm(hidden.to(self.proj.weight.dtype))  # (b, n, d)

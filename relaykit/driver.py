@@ -33,13 +33,22 @@ from torch import nn
 from relaykit.carry import CarriedRows
 from relaykit.checks import is_int
 from relaykit.methods import METHODS, InitKind, Method
-from relaykit.policies import Oracle, Policy
+from relaykit.policies import Oracle, Policy, Threshold
 from relaykit.rollout import LossKind, RolloutResult, bptt_rollout, check_batch, initial_z, unwrap_relay
 from relaykit.samples import DataExhausted, SampleStream, as_batch
 from relaykit.state import RelayState
 
 __all__ = ["METHODS", "DataExhausted", "Method", "PersistentRollout"]
 _FORMAT = 1
+
+
+def _policy_name(policy: Any) -> str:
+    """A stable description of the policy for resume checks (repr of Policy objects, qualified name otherwise)."""
+    if policy is None:
+        return repr(Threshold(0.9))
+    if isinstance(policy, Policy):
+        return repr(policy)
+    return f"{getattr(policy, '__module__', '?')}.{getattr(policy, '__qualname__', type(policy).__qualname__)}"
 
 
 class PersistentRollout:
@@ -215,6 +224,7 @@ class PersistentRollout:
             "init": o.init,
             "persistent": o.persistent,
             "loss": self.loss,
+            "policy": _policy_name(self.policy),
         }
 
     def __repr__(self) -> str:
@@ -249,7 +259,11 @@ class PersistentRollout:
         diff = {k: (saved[k], mine[k]) for k in saved if saved[k] != mine.get(k)}
         if diff:
             detail = ", ".join(f"{k}: saved {a!r}, this driver {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"the saved driver was configured differently ({detail}); build it with the same options")
+            hint = " (to change the policy on purpose, load with the saved one, then set driver.policy)"
+            raise ValueError(
+                f"the saved driver was configured differently ({detail}); build it with the same options"
+                + (hint if "policy" in diff else "")
+            )
         self.batch_size = saved["batch_size"]
         counters = state_dict["counters"]
         self.steps = int(counters["steps"])
@@ -263,7 +277,13 @@ class PersistentRollout:
             pending=state_dict["pending"],
             skip_consumed=skip_consumed,
         )
-        rows = state_dict["rows"]
+        rows, st = state_dict["rows"], state_dict["relay_state"]
+        width = self.core.channel.config.hidden_size
+        if st is not None and st["hidden"].shape[-1] != width:
+            raise ValueError(
+                f"the saved driver's relay state has hidden width {st['hidden'].shape[-1]} but this model's channel "
+                f"reads width {width}: the checkpoint was made with another backbone"
+            )
         self.rows = (
             None if rows is None else CarriedRows.from_dicts(rows, state_dict["relay_state"], device=self.device)
         )

@@ -41,7 +41,8 @@ from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
-from relaykit.checks import check_state_type
+from relaykit.checks import check_state_width, check_token_ids
+from relaykit.fingerprint import fingerprint
 from relaykit.plan import Binding
 from relaykit.resolve import float_dtype_device
 from relaykit.slots import (
@@ -88,6 +89,8 @@ class RelayCore(nn.Module):
         self._handles: list[RemovableHandle] = []
         self._attached = False
         self._binding: Binding = adapter.bind(backbone)
+        # what save_pretrained(backbone="auto") compares against: the backbone as it was handed to relaykit
+        self._backbone_reference = fingerprint(backbone, skip_prefix=CHANNEL_ATTR)
         self._register()
 
     @classmethod
@@ -228,6 +231,7 @@ class RelayCore(nn.Module):
         use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
         if not bool(use.any()):  # host sync 2: skip the channel when no fed position takes relay
             return None  # exactly the bare embedding
+        hidden = hidden.masked_fill(~use.unsqueeze(-1), 0)  # unused positions never enter the channel's graph
         delta = self._channel(hidden)  # (b, q, e)
         delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
         if columns is None:
@@ -281,8 +285,8 @@ class RelayCore(nn.Module):
         whose ``clean_layout(backbone)`` is true): relay runs on the noisy half only and the logits cover it.
         """
         self._require_attached()
-        self._check_ids(input_ids)
-        check_state_type(state)
+        check_token_ids(input_ids, self.adapter.vocab_size(self.backbone))
+        check_state_width(state, self._channel.config.hidden_size)
         run = self.adapter.call_backbone
         if self._disabled:
             output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
@@ -301,13 +305,6 @@ class RelayCore(nn.Module):
             )
         return RelayOutput(self.adapter.logits(output), slot.state, output, slot.last_positions)
 
-    def _check_ids(self, input_ids: Tensor) -> None:
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-            got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-
     @contextlib.contextmanager
     def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:
         """Keep h inside the relay between backbone calls, for third-party loops that call the model themselves.
@@ -315,6 +312,7 @@ class RelayCore(nn.Module):
         Leaving the block clears the state. Sessions do not nest.
         """
         self._require_attached()
+        check_state_width(state, self._channel.config.hidden_size)
         if self._slots:
             raise RuntimeError("a relay session or call is already active on this model; sessions do not nest")
         slot = Slot(state=state, update=check_update(update or self.update))

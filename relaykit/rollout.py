@@ -145,6 +145,8 @@ def check_batch(
             f"row(s) {empty} of the batch have no maskable position, so there is nothing to predict; every sample "
             f"needs at least one maskable position (drop such samples from the data)"
         )
+    if x0.shape[0] == 0 or x0.shape[1] == 0:
+        raise ValueError(f"x0 is empty (shape {tuple(x0.shape)}); a rollout needs at least one row and one position")
     vocab = relay.adapter.vocab_size(relay.backbone)
     lo, hi = int(x0.min()), int(x0.max())
     if lo < 0 or (vocab is not None and hi >= vocab):

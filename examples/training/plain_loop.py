@@ -5,7 +5,9 @@
 
 The loop is yours; relaykit only supplies the loss of one truncated-BPTT window per optimiser step
 (``driver.step()``) and keeps each sample's (z, h) between steps. Checkpoints hold the driver's state next to the
-model's and the optimiser's, so a resumed run continues exactly (``--resume``).
+model's and the optimiser's, so a resumed run continues exactly (``--resume``). ``--out DIR`` saves the trained
+model with ``relay.save_pretrained`` (the channel and the trained backbone) and reloads it onto a fresh copy of the
+original backbone with ``RelayModel.from_pretrained``, checking that it gives the trained logits.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import MASK, ToyMDM, progressions  # noqa: E402
+from toy import MASK, progressions, toy_mdm  # noqa: E402
 
 import relaykit  # noqa: E402
 from relaykit import PersistentRollout, Threshold  # noqa: E402
@@ -25,7 +27,7 @@ from relaykit import PersistentRollout, Threshold  # noqa: E402
 
 def build(method: str, *, batch_size: int, length: int, seed: int) -> tuple[relaykit.RelayModel, PersistentRollout]:
     torch.manual_seed(seed)
-    relay = relaykit.attach(ToyMDM(), embedding="tok", final_hidden="norm", mask_token_id=MASK)
+    relay = relaykit.attach(toy_mdm(), embedding="tok_emb", final_hidden="norm", mask_token_id=MASK)
     data = progressions(batch_size, length, seed=seed)
     driver = PersistentRollout(relay, data, method=method, policy=Threshold(0.9), seed=seed)
     return relay, driver
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     p.add_argument("--checkpoint", type=Path, default=None, help="save model, optimiser and driver state here")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--out", type=Path, default=None, help="save_pretrained folder; reloaded and checked at the end")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -68,6 +71,14 @@ def main(argv: list[str] | None = None) -> list[float]:
     if args.checkpoint is not None:
         state = {"model": relay.state_dict(), "optimizer": opt.state_dict(), "driver": driver.state_dict()}
         torch.save({**state, "step": args.steps}, args.checkpoint)
+    if args.out is not None:
+        relay.save_pretrained(args.out)  # the channel and, as the optimiser trained it, the backbone
+        torch.manual_seed(args.seed)
+        restored = relaykit.RelayModel.from_pretrained(toy_mdm(), args.out)  # a fresh copy of the original backbone
+        z = torch.full((2, args.length), MASK)
+        with torch.no_grad():
+            same = torch.equal(restored(z, state=restored(z).state).logits, relay(z, state=relay(z).state).logits)
+        print(f"saved to {args.out}; reloaded onto a fresh backbone, logits equal to the trained model's: {same}")
     return losses
 
 

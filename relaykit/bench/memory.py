@@ -29,27 +29,12 @@ import torch
 from torch import nn
 
 from relaykit.attach import attach
+from relaykit.bench import positive_int
 from relaykit.bench._peak import Peak, measure
 from relaykit.policies import TopK
 from relaykit.relay import RelayModel
 from relaykit.rollout import _step_loss_terms, bptt_rollout, initial_z
-
-
-class Encoder(nn.Module):
-    """A plain bidirectional transformer MDM (pure PyTorch), sized by the command line."""
-
-    def __init__(self, vocab: int, width: int, layers: int, heads: int, max_len: int) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(vocab, width)
-        self.pos = nn.Parameter(torch.randn(max_len, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok(input_ids) + self.pos[: input_ids.shape[1]]  # (b, n, d)
-        return self.head(self.norm(self.encoder(x)))  # (b, n, V)
+from relaykit.testing.encoder import ToyEncoder
 
 
 def build(args: argparse.Namespace) -> RelayModel:
@@ -57,10 +42,10 @@ def build(args: argparse.Namespace) -> RelayModel:
     torch.manual_seed(0)
     mask = args.vocab - 1
     if args.backbone == "encoder":
-        model: nn.Module = Encoder(args.vocab, args.width, args.layers, args.heads, args.length)
+        model: nn.Module = ToyEncoder(args.vocab, args.width, args.layers, args.heads, args.length)
         if args.checkpointing:
             raise SystemExit("--checkpointing needs an HF backbone (--backbone qwen2 or llama)")
-        relay = attach(model, embedding="tok", final_hidden="norm", mask_token_id=mask)
+        relay = attach(model, embedding="tok_emb", final_hidden="norm", mask_token_id=mask)
     else:
         import transformers  # an optional dependency: only for the HF backbones
 
@@ -161,13 +146,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m relaykit.bench memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--backbone", choices=["encoder", "qwen2", "llama"], default="encoder")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--length", type=int, default=256)
-    p.add_argument("--batch", type=int, default=4, help="B: relay runs at B, plain MLM at B and 2B")
-    p.add_argument("--k", type=int, default=2, help="relay window K")
+    p.add_argument("--width", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--vocab", type=positive_int, default=4096)
+    p.add_argument("--length", type=positive_int, default=256)
+    p.add_argument("--batch", type=positive_int, default=4, help="B: relay runs at B, plain MLM at B and 2B")
+    p.add_argument("--k", type=positive_int, default=2, help="relay window K")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
     p.add_argument("--frozen", action="store_true", help="relay trains its channel only (plain MLM stays full SFT)")
     p.add_argument("--checkpointing", action="store_true", help="HF per-layer gradient checkpointing")
