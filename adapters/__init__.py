@@ -2,7 +2,7 @@
 
 ``get_adapter("generic", ...)`` builds one by name; ``register_adapter`` adds a family; ``detect_adapter(model)``
 picks the family of a model from its class or config and falls back to the generic adapter. Families: ``llada``
-(LLaDA, Fast-dLLM v1 caches), ``mdlm`` (MDLM DiT, HF MDLM, BD3-LM), ``fast_dllm_v2``.
+(LLaDA, Fast-dLLM v1 caches), ``mdlm`` (MDLM DiT, HF MDLM, BD3-LM), ``fast_dllm_v2``, ``dream``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from relaykit.adapter import Adapter
+from relaykit.adapters.dream import DreamAdapter, is_dream
 from relaykit.adapters.fast_dllm_v2 import FastDLLMv2Adapter, is_fast_dllm_v2
 from relaykit.adapters.generic import GenericAdapter
 from relaykit.adapters.llada import LLaDAAdapter, is_llada
@@ -39,6 +40,7 @@ def register_adapter(cls: type[Adapter], *, detect: Callable[[nn.Module], bool] 
 register_adapter(LLaDAAdapter, detect=is_llada)
 register_adapter(MDLMAdapter, detect=is_mdlm)
 register_adapter(FastDLLMv2Adapter, detect=is_fast_dllm_v2)
+register_adapter(DreamAdapter, detect=is_dream)
 
 
 def available_adapters() -> list[str]:
@@ -103,6 +105,7 @@ def adapter_from_config(config: dict[str, Any]) -> Adapter:
 
 __all__ = [
     "Adapter",
+    "DreamAdapter",
     "FastDLLMv2Adapter",
     "GenericAdapter",
     "LLaDAAdapter",

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapters._family import FamilyAdapter
+from relaykit.cachearg import cache_argument
 from relaykit.kvcache import DecodeCall
 from relaykit.plan import Binding, CallPlan, all_bare, hf_positions
 from relaykit.resolve import Side, resolve_module
@@ -77,7 +78,7 @@ class FastDLLMv2Adapter(FamilyAdapter):
         and prefill passes (``update_past_key_values=True``) store committed blocks: all relay-free; every other
         call takes relay wherever a state exists."""
         b, q = ids.shape
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(binding.call_module, args, kwargs)
         bare = all_bare(ids, bool(kwargs.get("update_past_key_values")))  # (b, q)
         labels = kwargs.get("labels")
         if isinstance(labels, Tensor) and q == 2 * labels.shape[-1]:  # [x_t ; x_0]: relay on x_t

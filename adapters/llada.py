@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapters._family import FamilyAdapter
+from relaykit.cachearg import cache_argument
 from relaykit.kvcache import DecodeCall
 from relaykit.plan import Binding, CallPlan, all_bare, clean_rows, hf_positions
 from relaykit.resolve import Side, resolve_module
@@ -87,7 +88,7 @@ class LLaDAAdapter(FamilyAdapter):
         """Positions: ``replace_position``'s True columns (dual cache), else the HF rule (full forward, prefix
         cache). A refresh (``use_cache=True``, no cache given) is relay-free: with bidirectional attention any relay
         would leak into every key it caches. h is still written at its masked positions."""
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(binding.call_module, args, kwargs)
         replace = kwargs.get("replace_position")
         positions = hf_positions(ids, kwargs, cache) if replace is None else _replaced_columns(ids, replace)
         refresh = bool(kwargs.get("use_cache")) and cache is None

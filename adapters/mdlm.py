@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from relaykit.adapters._family import FamilyAdapter
+from relaykit.cachearg import cache_argument
 from relaykit.kvcache import DecodeCall
 from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import Side, resolve_module
@@ -164,7 +165,7 @@ class MDLMAdapter(FamilyAdapter):
         if columns is not None:
             positions = positions[:, columns]  # (b, q')
         bare = torch.full_like(positions, bool(kwargs.get("store_kv")), dtype=torch.bool)
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(binding.call_module, args, kwargs)
         return CallPlan(positions, bare, columns=columns, cache=cache, uses_cache=cached or cache is not None)
 
     def clean_layout(self, model: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from relaykit.adapter import Adapter
 from relaykit.attach import attach
 from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.decoding import GenerateResult, PromptCache, generate
+from relaykit.generation import GenerationConfig
 from relaykit.inspect import inspect
 from relaykit.model import RelayOutput, RelaySession
 from relaykit.relay import RelayModel
@@ -28,6 +29,7 @@ __all__ = [
     "Adapter",
     "ChannelConfig",
     "GenerateResult",
+    "GenerationConfig",
     "PromptCache",
     "RelayChannel",
     "RelayModel",

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from relaykit.cachearg import cache_argument, cache_parameter, output_cache
 from relaykit.kvcache import Attention, DecodeCall, crop_cache
 from relaykit.plan import Binding, CallPlan, clean_rows, hf_positions
 from relaykit.resolve import (
@@ -110,7 +111,7 @@ class Adapter:
         (:func:`hf_positions`), the ``past_key_values`` cache, and relay-free rows where no mask token is fed
         (:func:`clean_rows`: a prompt prefill or a commit pass). Families override this for their own arguments.
         """
-        cache = kwargs.get("past_key_values")
+        cache = cache_argument(binding.call_module, args, kwargs)  # cache= / past_key_values= / positional
         positions = hf_positions(ids, kwargs, cache)  # (b, q)
         return CallPlan(positions, clean_rows(ids, mask_token_id), cache=cache, uses_cache=cache is not None)
 
@@ -155,15 +156,17 @@ class Adapter:
         """
         kwargs: dict[str, Any] = {}
         if call.cache is not None or call.store or call.kind == "block":  # a block call keeps its keys (block cache)
-            if not _accepts(model, "past_key_values"):
+            name = cache_parameter(model)  # "cache" (transformers 5.x) or "past_key_values"
+            if name is None:
                 raise TypeError(
-                    f"{type(model).__name__}.forward takes no past_key_values, so relaykit cannot give it a KV cache; "
+                    f"{type(model).__name__}.forward takes no KV cache (no cache= or past_key_values=), so relaykit "
+                    f"cannot give it one; "
                     f"decode with use_cache=False, or use an adapter that knows this family's cache arguments"
                 )
             kwargs["use_cache"] = True
             kwargs["position_ids"] = call.position_ids()
             if call.cache is not None:
-                kwargs["past_key_values"] = call.cache
+                kwargs[name] = call.cache
         elif _accepts(model, "use_cache"):
             kwargs["use_cache"] = False
         dtype = float_dtype_device(model)[0] or torch.float32
@@ -175,7 +178,7 @@ class Adapter:
 
     def decode_cache(self, output: Any, call: DecodeCall) -> Any:
         """The KV cache after a call (HF: ``output.past_key_values``); None when the output carries none."""
-        cache = getattr(output, "past_key_values", None)
+        cache = output_cache(output)
         return cache if cache is not None else call.cache
 
     def decode_block_cache(self, output: Any, call: DecodeCall) -> Any:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from relaykit.blocklogits import BlockLogits, Span
+from relaykit.causality import native_attention
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
 from relaykit.model import RelayCore
 from relaykit.state import RelayState
@@ -82,6 +83,8 @@ class Runner:
         self.block_size = block_size
         self.cache = cache
         self.block_cache: Any = None  # a family's block cache kept apart from self.cache (Fast-dLLM v2)
+        self.padding: Tensor | None = None  # (b, T) bool left padding (generate's attention_mask), hidden as keys
+        self.explicit_mask = native_attention(relay.backbone) == "causal"  # no mask would mean causal attention
         self.logits = BlockLogits(int(relay.adapter.token_shift), tail)
         self.fed: Span | None = None
 
@@ -124,6 +127,8 @@ class Runner:
             block_size=self.block_size,
             device=x.device,
             block_cache=self.block_cache,
+            padding=self.padding,
+            explicit_mask=self.explicit_mask,
         )
         adapter = self.relay.adapter
         backbone_kwargs = adapter.decode_kwargs(self.relay.backbone, call)

@@ -29,6 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from relaykit.adapter import Adapter
+from relaykit.adapter import _accepts as accepts
 from relaykit.blockrun import Runner, runner_for
 from relaykit.canvas import (
     Span,
@@ -41,7 +43,9 @@ from relaykit.canvas import (
     decode_attention,
     sub_block_spans,
 )
+from relaykit.causality import native_attention
 from relaykit.checks import check_state_covers, still_masked
+from relaykit.generation import GenerationConfig, choose_tokens
 from relaykit.kvcache import Attention, cache_batch_size, cache_length
 from relaykit.model import RelayCore, unwrap_relay
 from relaykit.policies import Policy, as_policy, commit_step
@@ -132,10 +136,10 @@ def generate(
     relay: RelayCore,
     input_ids: Tensor,
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     block_size: int | None = None,
     policy: Policy | None = None,
-    use_cache: bool | CacheMode = False,
+    use_cache: bool | CacheMode | None = None,
     sub_block_size: int | None = None,
     maskable: Tensor | None = None,
     attention: Attention | None = None,
@@ -145,6 +149,15 @@ def generate(
     return_cache: bool = False,
     callback: Callback | None = None,
     generator: torch.Generator | None = None,
+    generation_config: GenerationConfig | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    suppress_tokens: list[int] | None = None,
+    attention_mask: Tensor | None = None,
 ) -> GenerateResult:
     """Decode ``input_ids`` (b, P) plus ``max_new_tokens`` masks with the relay forwarding h between steps.
 
@@ -167,16 +180,50 @@ def generate(
         return_trajectory: keep the committed positions of every step (``result.trajectory`` / ``result.order``).
         return_cache: also store the last block and return the cache (exact block caches only).
         callback: ``callback(step, tokens (b, T))`` after every step, e.g. to check a board's legality.
-        generator: random generator for random policies.
+        generator: random generator for sampling and random policies (reproducible runs).
+        generation_config: a :class:`~relaykit.generation.GenerationConfig` holding these options; the keyword
+            arguments given here override its fields.
+        do_sample, temperature, top_k, top_p: draw each proposed token instead of taking the most probable one
+            (field names and meaning as in transformers' GenerationConfig).
+        eos_token_id: stop token id(s): a row whose decoded block holds one stops; its later blocks are filled with
+            ``pad_token_id`` (default: the first EOS id) and cost it no forward pass.
+        suppress_tokens: token ids never proposed.
+        attention_mask: (b, P) 1 for prompt tokens, 0 for LEFT padding (prompts of different lengths in one
+            batch): padding is never attended and never filled, so each row decodes as it would alone (with
+            rotary / relative positions, as in Hugging Face decoders; positions count from the canvas start).
+            Needs an adapter that builds its masks from ``DecodeCall`` (the Hugging Face convention).
     """
     relay = unwrap_relay(relay, caller="generate()")
-    policy = as_policy(policy)
+    config = (generation_config if generation_config is not None else GenerationConfig()).updated(
+        max_new_tokens=max_new_tokens,
+        block_size=block_size,
+        sub_block_size=sub_block_size,
+        policy=policy,
+        use_cache=use_cache,
+        attention=attention,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        suppress_tokens=suppress_tokens,
+    )
+    if config.max_new_tokens is None:
+        raise ValueError("max_new_tokens is required: pass it, or a generation_config that sets it")
+    max_new_tokens, block_size, sub_block_size = config.max_new_tokens, config.block_size, config.sub_block_size
+    use_cache, attention = config.use_cache, config.attention  # type: ignore[assignment]
+    policy = as_policy(config.policy)
+    eos_ids = config.eos_ids
     mask_id = relay.mask_token_id
     x, canvas_start = build_canvas(relay, input_ids, max_new_tokens, block_size)
     b, total = x.shape
     maskable_t = canvas_maskable(maskable, b, input_ids.shape[1], total, x.device)
+    padding = _padding(relay, attention_mask, input_ids, total)  # (b, T) or None
+    if padding is not None:
+        maskable_t = maskable_t & ~padding
     mode = cache_mode(use_cache, block_size)
-    attention = decode_attention(relay, attention)
+    attention = decode_attention(relay, _not_guessed(relay, attention))
     blocks = block_spans(canvas_start, total, block_size)
     check_cache_mode(relay, mode, attention, sub_block_size, block_size or total - canvas_start, return_cache)
     shift = check_token_shift(relay.adapter.token_shift)
@@ -208,12 +255,16 @@ def generate(
         tail=None if cache is None else cache.tail,
         block_size=block_size or total - canvas_start,
     )
+    runner.padding = padding
     nfe = torch.zeros(b, dtype=torch.long, device=x.device)
     steps = torch.zeros(b, dtype=torch.long, device=x.device)
     trajectory: list[Tensor] | None = [] if return_trajectory else None
     if not bool(candidates.any()) and not return_cache:  # nothing to fill: no pass at all
         return GenerateResult(x, nfe, steps, trajectory, None, blocks)
     nfe += runner.prepare(x, canvas_start)
+    done = torch.zeros(b, dtype=torch.bool, device=x.device)  # rows stopped by an EOS in a decoded block
+    eos = torch.tensor(eos_ids, dtype=x.dtype, device=x.device)
+    fill = config.fill_id
     loop_step = 0
     carried = state  # bidirectional: one state over the canvas, carried across blocks
     for index, (s, e) in enumerate(blocks):
@@ -232,8 +283,15 @@ def generate(
                 if not bool(active.any()):
                     break
                 logits, window = runner.step(x, (s, e), (a, c), window)  # (b, B, V)
+                scores = choose_tokens(logits, config, mask_token_id=mask_id, generator=generator)
                 commit, prediction = commit_step(
-                    policy, logits, x[:, s:e], mask_token_id=mask_id, maskable=todo[:, s:e], generator=generator
+                    policy,
+                    logits,
+                    x[:, s:e],
+                    mask_token_id=mask_id,
+                    maskable=todo[:, s:e],
+                    generator=generator,
+                    scores=scores,
                 )
                 x[:, s:e] = torch.where(commit, prediction.to(x.dtype), x[:, s:e])
                 nfe += active
@@ -246,8 +304,66 @@ def generate(
                     callback(loop_step, x.clone())
                 loop_step += 1
         carried = window
-        nfe += runner.end(x, (s, e), last=last and not return_cache)
+        live = ~done  # rows that decoded this block pay for its commit pass
+        nfe += runner.end(x, (s, e), last=last and not return_cache) * live
+        if eos_ids and not last:
+            stopped = done | (torch.isin(x[:, s:e], eos) & candidates[:, s:e]).any(-1)  # (b,)
+            newly = stopped & ~done
+            if bool(newly.any()):  # a stopped row's later blocks hold pad tokens: nothing left to decode
+                x[newly, e:] = fill
+            done = stopped
+            if bool(done.all()) and not return_cache:
+                break
     out_cache = None
     if return_cache:
         out_cache = PromptCache(runner.cache, x.clone(), segments, runner.tail)
     return GenerateResult(x, nfe, steps, trajectory, out_cache, blocks)
+
+
+def _not_guessed(relay: RelayCore, attention: str | None) -> str | None:
+    """``attention`` as given; refused when it is None on an HF model that attends causally (generic adapter)."""
+    if attention is None and relay.adapter.name == "generic" and native_attention(relay.backbone) == "causal":
+        raise ValueError(
+            f"{type(relay.backbone).__name__} attends causally when called without a mask, and relaykit.generate "
+            f"decodes a masked diffusion canvas: pass attention='block_causal' (the prompt, earlier blocks and its "
+            f"own block; Fast-dLLM v2 style, exact with use_cache) or attention='bidirectional' (the whole canvas); "
+            f"relaykit then passes the 4D masks that give it"
+        )
+    return attention
+
+
+def _padding(relay: RelayCore, attention_mask: Tensor | None, input_ids: Tensor, total: int) -> Tensor | None:
+    """Left padding (b, T) bool from a (b, P) attention mask of 1s (tokens) and 0s (padding), or None."""
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}")
+    keep = attention_mask.to(input_ids.device)
+    if not bool(((keep == 0) | (keep == 1)).all()):
+        raise ValueError("attention_mask must hold 1 (token) and 0 (padding) only")
+    keep = keep.bool()  # (b, P)
+    if bool((keep[:, :-1] & ~keep[:, 1:]).any()):
+        raise ValueError(
+            "attention_mask must be LEFT padding (each row: 0s, then 1s): relaykit.generate appends the masks after "
+            "the prompt, so right padding would sit inside the text; pad prompts on the left (tokenizer.padding_side="
+            "'left')"
+        )
+    if input_ids.shape[1] and not bool(keep[:, -1].all()):
+        raise ValueError("every row of attention_mask needs at least one prompt token (a 1 in its last column)")
+    default = type(relay.adapter).decode_kwargs is Adapter.decode_kwargs  # the HF convention builds them from calls
+    if not getattr(relay.adapter, "builds_masks_from_call", default):
+        raise ValueError(
+            f"attention_mask (padding) needs an adapter that builds its attention masks from relaykit's DecodeCall "
+            f"(the Hugging Face convention); adapter {relay.adapter.name!r} passes its backbone's own arguments. "
+            f"Decode rows of different lengths in separate calls"
+        )
+    if not accepts(relay.backbone, "attention_mask"):
+        raise ValueError(
+            f"attention_mask (padding) is passed to the backbone as a 4D mask, but "
+            f"{type(relay.backbone).__name__}.forward takes no attention_mask; decode rows of different lengths in "
+            f"separate calls"
+        )
+    pad = torch.zeros(input_ids.shape[0], total, dtype=torch.bool, device=input_ids.device)
+    pad[:, : input_ids.shape[1]] = ~keep
+    return pad if bool(pad.any()) else None

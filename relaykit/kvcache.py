@@ -112,6 +112,10 @@ class DecodeCall:
         block_size: the decode's block size (the canvas length when decoding without blocks).
         block_cache: the sub-block cache's block cache when the family keeps it apart from ``cache`` (Fast-dLLM v2's
             ``block_past_key_values``): what ``Adapter.decode_block_cache`` returned after the block call.
+        padding: (b, T) bool, the left padding of ``generate(attention_mask=...)``: hidden as keys from every
+            query (a padding query sees only itself).
+        explicit_mask: pass a mask even when every key is allowed (the backbone attends causally without one,
+            see ``relaykit.causality``).
     """
 
     kind: CallKind
@@ -128,6 +132,8 @@ class DecodeCall:
     block_size: int | None = None
     device: torch.device | None = None
     block_cache: Any = None
+    padding: Tensor | None = None  # (b, T) bool: left-padding positions of the canvas, hidden as keys
+    explicit_mask: bool = False  # always pass a mask: the backbone attends causally when given none
 
     @property
     def length(self) -> int:
@@ -160,6 +166,10 @@ class DecodeCall:
             stale = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
             stale[a : min(b, self.cache_length)] = True  # superseded cached columns; the fresh ones follow
             ok &= ~stale[None, :]
+        if self.padding is not None and bool(self.padding.any()):
+            hidden = self.padding[:, keys]  # (b, kv): padding keys
+            own = keys[None, :] == queries[:, None]  # (q, kv): a padding query still sees itself (no empty row)
+            return ok[None, None] & (~hidden[:, None, None, :] | own[None, None])  # (b, 1, q, kv)
         if not explicit and bool(ok.all()):
             return None
         return ok[None, None].expand(self.batch, 1, -1, -1)  # (b, 1, q, kv)
@@ -169,7 +179,7 @@ class DecodeCall:
 
         Always given for block-causal calls; for bidirectional ones only when some columns are hidden.
         """
-        ok = self.allowed(explicit=self.attention == "block_causal")
+        ok = self.allowed(explicit=self.attention == "block_causal" or self.explicit_mask)
         if ok is None or not additive:
             return ok
         return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill(~ok, torch.finfo(dtype).min)

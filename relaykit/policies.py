@@ -217,18 +217,24 @@ def commit_step(
     mask_token_id: int,
     maskable: Tensor | None = None,
     generator: torch.Generator | None = None,
+    scores: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One unmasking decision: returns (commit (b, n) bool, predicted tokens (b, n)).
 
     Candidates are positions of ``z`` (b, n) equal to the mask token (and ``maskable`` where given).
-    ``logits`` (b, n, V) must already be aligned with ``z`` (token shift applied by the caller).
+    ``logits`` (b, n, V) must already be aligned with ``z`` (token shift applied by the caller). ``scores``:
+    (confidence (b, n), proposed tokens (b, n)) chosen by the caller (e.g. sampled, see
+    ``relaykit.generation.choose_tokens``) instead of max probability and argmax.
     """
     if logits.shape[:2] != z.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not line up with tokens {tuple(z.shape)}")
     candidates = z == mask_token_id
     if maskable is not None:
         candidates = candidates & maskable
-    confidence, prediction = confidence_and_prediction(logits, mask_token_id=mask_token_id)
+    if scores is None:
+        confidence, prediction = confidence_and_prediction(logits, mask_token_id=mask_token_id)
+    else:
+        confidence, prediction = scores
     commit = policy(confidence, candidates, generator)
     if bool((commit & ~candidates).any()):
         raise RuntimeError(f"{policy!r} committed a position that was not a candidate")

@@ -9,6 +9,7 @@ Example::
     relay = relaykit.attach(model, embedding="tok", final_hidden="norm", mask_token_id=3)
     relay.save_pretrained("out/relay")                     # + the backbone's weights when training changed them
     relay = relaykit.RelayModel.from_pretrained(model, "out/relay")     # or a Hub repo id
+    res = relay.generate(prompt, max_new_tokens=32, block_size=8)      # relaykit.generate as a method
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from __future__ import annotations
 from os import PathLike
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from relaykit.config import RelayConfig
+from relaykit.decoding import GenerateResult, generate
 from relaykit.io import BackboneMode, changed_backbone_tensors, load_relay, push_relay, relay_config, save_relay
 from relaykit.model import RelayCore
 
@@ -77,3 +79,10 @@ class RelayModel(RelayCore):
         Keyword arguments: ``private``, ``token``, ``commit_message``, ``revision``, ``backbone``, ``max_shard_size``.
         """
         return push_relay(self, repo_id, **kwargs)
+
+    def generate(self, input_ids: Tensor, **options: Any) -> GenerateResult:
+        """:func:`relaykit.generate` on this relay: ``relay.generate(prompt, max_new_tokens=32, do_sample=True)``.
+
+        ``options`` are generate's keyword arguments (or ``generation_config=GenerationConfig(...)``).
+        """
+        return generate(self, input_ids, **options)

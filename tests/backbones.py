@@ -16,6 +16,7 @@ from tiny import MASK_ID, TinyMDM, tiny_llama_bidirectional, tiny_qwen2
 from torch import nn
 
 from relaykit.testing.twins.bd3lm import tiny_bd3lm
+from relaykit.testing.twins.dream import tiny_dream
 from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
 from relaykit.testing.twins.llada import tiny_llada
 from relaykit.testing.twins.mdlm import tiny_dit, tiny_hf_mdlm
@@ -69,6 +70,7 @@ BACKBONES = [
     Backbone("mdlm-hf", "mdlm", tiny_hf_mdlm, 48, 47, call_kwargs=_timesteps),
     Backbone("bd3lm", "mdlm", tiny_bd3lm, 48, 47, call_kwargs=_sample_mode, max_len=16),
     Backbone("fast-dllm-v2", "fast_dllm_v2", tiny_fast_dllm_v2, 64, 63, {"mask_token_id": 63}, _block),
+    Backbone("dream", "dream", tiny_dream, 64, 63),
 ]
 GENERIC = [b for b in BACKBONES if b.adapter == "generic"]
 FAMILIES = [b for b in BACKBONES if b.adapter != "generic"]

@@ -54,7 +54,7 @@ class Recorder:
             handle.remove()
 
     def _pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        held = cache_length(kwargs.get("past_key_values"))
+        held = cache_length(kwargs.get("cache", kwargs.get("past_key_values")))
         extra = self.snapshot() if self.snapshot is not None else None
         self._pending = {"kwargs": dict(kwargs), "before": self.session.state, "cache_len": held, "extra": extra}
 

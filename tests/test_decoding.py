@@ -87,8 +87,9 @@ def test_nfe_counts_every_backbone_pass(llama, use_cache):
     calls, handle = _count_calls(llama.backbone)
     try:
         res = relaykit.generate(
-            llama, _prompt(1, 4), max_new_tokens=12, block_size=4, use_cache=use_cache, policy=TopK(2)
-        )
+            llama, _prompt(1, 4), max_new_tokens=12, block_size=4, use_cache=use_cache, policy=TopK(2),
+            attention="bidirectional",  # transformers 4.x runs this Llama causally unless relaykit passes masks
+        )  # fmt: skip
     finally:
         handle.remove()
     assert res.nfe.tolist() == [len(calls)]
@@ -147,8 +148,15 @@ def test_sub_block_cache_commits_sub_blocks_left_to_right(qwen):
 def test_bidirectional_caches_refresh_each_block(llama):
     res = {
         m: relaykit.generate(
-            llama, _prompt(2, 4), max_new_tokens=8, block_size=4, use_cache=m, policy=TopK(1), return_trajectory=True
-        )
+            llama,
+            _prompt(2, 4),
+            max_new_tokens=8,
+            block_size=4,
+            use_cache=m,
+            policy=TopK(1),
+            return_trajectory=True,
+            attention="bidirectional",
+        )  # fmt: skip
         for m in (False, "prefix", "dual")
     }
     for r in res.values():
@@ -295,9 +303,11 @@ def test_a_cache_from_another_batch_is_refused_by_the_hook(qwen):
         (dict(max_new_tokens=-1), "max_new_tokens must be an int >= 0"),
         (dict(max_new_tokens=8, policy="greedy"), "policy must be a relaykit.policies.Policy"),
         (dict(max_new_tokens=8, maskable=torch.ones(2, 7, dtype=torch.bool)), r"maskable has shape \(2, 7\)"),
+        (dict(max_new_tokens=8, block_size=4, use_cache=True, attention=None), "attends causally"),
     ],
 )
 def test_bad_arguments_name_the_mismatch(qwen, kwargs, message):
+    kwargs = {"attention": "bidirectional", **kwargs}  # Qwen2 attends causally: generate asks for attention=
     with pytest.raises((ValueError, TypeError), match=message):
         relaykit.generate(qwen, _prompt(), **kwargs)
 
@@ -313,7 +323,7 @@ def test_token_shift_cannot_predict_position_zero(qwen):
     canvas = _prompt()
     canvas[:, 0] = MASK
     with pytest.raises(ValueError, match="position 0 is masked but the backbone has a token shift of 1"):
-        relaykit.generate(qwen, canvas, max_new_tokens=0)
+        relaykit.generate(qwen, canvas, max_new_tokens=0, attention="bidirectional")
 
 
 def test_an_adapter_whose_positions_disagree_is_caught(mdm):
@@ -328,7 +338,7 @@ def test_an_adapter_whose_positions_disagree_is_caught(mdm):
 
 
 def test_a_backbone_without_cache_arguments_is_refused(mdm):
-    with pytest.raises(TypeError, match="TinyMDM.forward takes no past_key_values"):
+    with pytest.raises(TypeError, match="TinyMDM.forward takes no KV cache"):
         relaykit.generate(mdm, _prompt(1, 4), max_new_tokens=8, block_size=4, use_cache="prefix")
 
 

@@ -16,6 +16,7 @@ FAMILIES = {
     "llada": ["generate.py"],
     "mdlm": ["generate.py"],
     "fast_dllm_v2": ["generate.py", "humaneval.py"],
+    "dream": ["generate.py"],
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import MASK_ID, TinyMDM
+from tiny import MASK_ID, TinyMDM, tiny_llama_bidirectional
 
 import relaykit
 from relaykit import RelayModel
@@ -36,3 +36,19 @@ def test_trainer_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.Mon
     loaded = RelayModel.from_pretrained(TinyMDM(), tmp_path / "runs/relay/final")
     for key, value in loaded.channel.state_dict().items():
         assert torch.equal(value, ns["relay"].channel.state_dict()[key]), key
+
+
+def test_generation_snippet_runs_as_written() -> None:
+    torch.manual_seed(0)
+    relay = relaykit.attach(tiny_llama_bidirectional())  # an HF model: it takes the 4D attention mask
+    prompts = torch.randint(0, 20, (2, 4))
+    prompt_mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    ns = {"relay": relay, "prompts": prompts, "prompt_mask": prompt_mask, "EOS": 2, "UNK": 3}
+    exec(compile(snippet("generation"), "README generation", "exec"), ns)
+    res = ns["res"]
+    assert res.sequences.shape == (2, 20) and not bool((res.sequences[:, 4:] == 3).any())
+    with pytest.raises(ValueError, match="takes no attention_mask"):
+        ns["relay"] = relaykit.attach(TinyMDM(), embedding="encoder.tok_emb", final_hidden="encoder.norm",
+                                      mask_token_id=MASK_ID)  # fmt: skip
+        exec(compile(snippet("generation"), "README generation", "exec"), ns)
+    assert bool((res.sequences[1, :2] == prompts[1, :2]).all())  # the padding is kept, never filled

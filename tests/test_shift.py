@@ -40,4 +40,4 @@ def test_contract10_first_positions_stay_unmasked_in_loss_training_and_decoding(
     canvas = x0.clone()
     canvas[:, 0] = MASK_ID
     with pytest.raises(ValueError, match="position 0 is masked but the backbone has a token shift of 1"):
-        relaykit.generate(relay, canvas, max_new_tokens=0)
+        relaykit.generate(relay, canvas, max_new_tokens=0, attention="bidirectional")  # Qwen2 is causal: say how

@@ -1,0 +1,85 @@
+"""The KV-cache argument of a backbone call, whatever its spelling: ``cache=`` (transformers 5.x),
+``past_key_values=`` (4.x and most remote code) or positional, chosen from the backbone's forward signature.
+
+Every place in relaykit that reads a cache from a call (the relay hooks, through the adapters' ``plan_call``) or
+passes one (``relaykit.generate``, through ``Adapter.decode_kwargs``) goes through here, so the refusals that
+depend on a cache (``update="all"``, a cache from another batch) hold for every spelling, and relaykit passes
+the name the backbone declares (no deprecation warning on transformers 5.x).
+
+Example::
+
+    >>> name = cache_parameter(model)              # "cache" on transformers 5.x, "past_key_values" on 4.x
+    >>> kwargs = {name: cache, "use_cache": True}
+    >>> cache_argument(model, args, kwargs)        # the cache a call passed, in any spelling
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+#: keyword spellings of the KV-cache argument, newest first
+CACHE_NAMES = ("cache", "past_key_values")
+
+
+def _parameters(module: nn.Module) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def cache_parameter(module: nn.Module) -> str | None:
+    """The name ``module.forward`` takes its KV cache under: ``"cache"`` when declared, else
+    ``"past_key_values"`` when declared or when it takes ``**kwargs``; None when it takes no cache."""
+    params = _parameters(module)
+    for name in CACHE_NAMES:
+        if name in params:
+            return name
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return "past_key_values"
+    return None
+
+
+def cache_argument(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The KV cache a call of ``module`` passed: ``cache=``, ``past_key_values=`` or positionally at the index its
+    forward declares; None when none was passed. Two spellings at once are refused (as transformers does)."""
+    given = [name for name in CACHE_NAMES if kwargs.get(name) is not None]
+    if len(given) > 1:
+        raise ValueError(
+            f"the call passes a KV cache twice ({' and '.join(given)}); pass it once, as "
+            f"{cache_parameter(module) or 'past_key_values'}="
+        )
+    params = _parameters(module)
+    if given == ["cache"] and "past_key_values" in params and "cache" not in params:
+        raise ValueError(
+            f"{type(module).__name__}.forward takes its KV cache as past_key_values= (transformers 4.x or remote "
+            f"code), but the call passed cache=, which it would ignore; pass past_key_values="
+        )
+    if given:
+        return kwargs[given[0]]
+    if not args:
+        return None
+    positional = [
+        p.name
+        for p in params.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    for name in CACHE_NAMES:
+        if name in positional:
+            index = positional.index(name)
+            return args[index] if index < len(args) else None
+    return None
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a backbone returned: ``output.cache`` (transformers 5.x outputs) or
+    ``output.past_key_values`` (4.x and remote code), read without touching a deprecated alias."""
+    fields = getattr(type(output), "__dataclass_fields__", None) or {}
+    if "cache" in fields:
+        return getattr(output, "cache", None)
+    if isinstance(output, dict) and "cache" in output:
+        return output["cache"]
+    return getattr(output, "past_key_values", None)
