@@ -145,6 +145,10 @@ class RelayCore(nn.Module):
     """A backbone plus its relay channel: hooks, calls, sessions, detach. Users get the subclass
     :class:`relaykit.RelayModel` (from :func:`relaykit.attach` or ``RelayModel.from_pretrained``)."""
 
+    #: Compare each call's planned position range with its positions tensor (one host sync per call; off by
+    #: default so relay forwards compile without graph breaks). The test suite turns it on.
+    debug_checks: bool = False
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -293,26 +297,43 @@ class RelayCore(nn.Module):
                 f"adapter {self.adapter.name!r} planned positions {tuple(positions.shape)} for relay columns "
                 f"{tuple(ids.shape)}; plan_call must describe exactly the columns that take part in relay"
             )
-        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)  # host sync 1 of at most 2
-        if lo < 0:
-            raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
-        call.ids, call.plan, call.end = ids, replace(plan, columns=columns), hi + 1
+        lo, end = self._span(plan, positions)  # Python ints: from the plan (no sync) or read once
+        call.ids, call.plan, call.end = ids, replace(plan, columns=columns), end
         state = slot.state
         if state is None:
             return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
         state.check_batch(ids.shape[0])
-        state = slot.state = state.extend(hi + 1)  # new positions on the right start empty (h = 0)
-        state.check_covers(lo, hi)  # a state windowed past the fed positions is an error, not a silent miss
+        state = slot.state = state.extend(end)  # new positions on the right start empty (h = 0)
+        if end > lo:
+            state.check_covers(lo, end - 1)  # a state windowed past the fed positions is an error, not a silent miss
         hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
-        use = filled & ~bare  # relay where a state exists, never in a relay-free cache pass
-        if not bool(use.any()):  # host sync 2: skip the channel when no fed position takes relay
-            return None  # exactly the bare embedding
-        delta = self._channel(hidden)  # (b, q, e)
-        delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
+        use = (filled & ~bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists, never in a relay-free pass
+        # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
+        # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
+        delta = self._channel(hidden).to(output.dtype)  # (b, q, e)
         if columns is None:
-            return output + delta.to(output.dtype)
+            return torch.where(use, output + delta, output)
         a, b = columns.start, columns.stop
-        return torch.cat([output[:, :a], output[:, a:b] + delta.to(output.dtype), output[:, b:]], dim=1)
+        part = output[:, a:b]  # (b, q', e)
+        return torch.cat([output[:, :a], torch.where(use, part + delta, part), output[:, b:]], dim=1)
+
+    def _span(self, plan: CallPlan, positions: Tensor) -> tuple[int, int]:
+        """``(lo, end)``: the fed positions lie in ``lo .. end - 1``. From the plan's Python ints when it has them
+        (no host sync); else read from the tensor (one host sync: explicit ``position_ids``, a dual cache). With
+        ``debug_checks`` on, a planned span is also compared with the positions (a sync, for tests and debugging)."""
+        if plan.span is not None and not self.debug_checks:
+            return plan.span
+        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)
+        if lo < 0:
+            raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
+        if plan.span is None:
+            return lo, hi + 1
+        if positions.numel() and (lo, hi + 1) != tuple(plan.span):
+            raise RuntimeError(
+                f"adapter {self.adapter.name!r} planned positions {plan.span[0]}..{plan.span[1] - 1} (CallPlan.span) "
+                f"but its positions tensor holds {lo}..{hi}; plan_call must give a span only when it is exact"
+            )
+        return plan.span
 
     def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         hidden = output if isinstance(output, Tensor) else output[0]
