@@ -1,11 +1,11 @@
 """Relay SFT plumbing shared by the family examples (examples/llada, examples/mdlm, examples/fast_dllm_v2).
 
-Each family's ``train.py`` loads its model (a checkpoint path / hub id, or with ``--tiny`` the test twin: a small
-random re-implementation with the family's module tree from ``tests/twins``, no download), attaches relay, and
-calls :func:`train`: Algorithm 1's persistent truncated-BPTT driver (K = 2) on (x0, maskable) pairs where only the
-response is maskable, AdamW on the backbone and the relay channel (the channel alone with ``--relay-only``), a
-progress bar, then ``relay.save_pretrained(out)``. In ``--tiny`` mode the random backbone is saved too
-(``tiny_backbone.pt``) so that ``generate.py --tiny`` decodes with the same weights.
+Each family's ``train.py`` loads its model (a checkpoint path / hub id, or with ``--tiny`` the family's twin: a small
+random re-implementation with the family's module tree from ``relaykit.testing.twins``, shipped in the wheel, no
+download), attaches relay, and calls :func:`train`: Algorithm 1's persistent truncated-BPTT driver (K = 2) on
+(x0, maskable) pairs where only the response is maskable, AdamW on the backbone and the relay channel (the channel
+alone with ``--relay-only``), a progress bar, then ``relay.save_pretrained(out)``. In ``--tiny`` mode the random
+backbone is saved too (``tiny_backbone.pt``) so that ``generate.py --tiny`` decodes with the same weights.
 
 Data: ``--data file.jsonl`` with one ``{"prompt": ..., "response": ...}`` per line (tokenised with the model's
 tokenizer, its chat template when it has one), or with ``--tiny`` a toy task: reverse the prompt's tokens.
@@ -30,13 +30,7 @@ from tqdm.auto import tqdm
 import relaykit
 from relaykit import PersistentRollout, Threshold
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = "tiny_backbone.pt"
-
-
-def twins() -> None:
-    """Make ``tests/twins`` importable (``--tiny`` mode builds the family's test twin)."""
-    sys.path.insert(0, str(REPO / "tests"))
 
 
 def check_transformers(low: str, high: str, family: str) -> None:

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py, tests/twins/
+sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py, tests/backbones.py
 
 torch.set_num_threads(1)
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from twins.bd3lm import tiny_bd3lm
-from twins.fast_dllm_v2 import tiny_fast_dllm_v2
-from twins.llada import tiny_llada
-from twins.mdlm import tiny_dit, tiny_hf_mdlm
+
+from relaykit.testing.twins.bd3lm import tiny_bd3lm
+from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
+from relaykit.testing.twins.llada import tiny_llada
+from relaykit.testing.twins.mdlm import tiny_dit, tiny_hf_mdlm
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from families import FAMILIES, Family, logits_of, random_ids, randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from test_detach import snapshot
-from twins.llada import tiny_llada
 
 import relaykit
 from relaykit import RelayModel, RelayState
 from relaykit.adapters import LLaDAAdapter, MDLMAdapter, adapter_from_config, detect_adapter, get_adapter
+from relaykit.testing.twins.llada import tiny_llada
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=repr)
@@ -57,11 +57,11 @@ def test_mask_ids_from_argument_config_or_published_default() -> None:
     del model.config.mask_token_id
     with pytest.raises(ValueError, match="126336"):
         LLaDAAdapter().mask_token_id(model)
-    from twins.fast_dllm_v2 import tiny_fast_dllm_v2
+    from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
 
     with pytest.raises(ValueError, match="151665"):
         relaykit.attach(tiny_fast_dllm_v2())
-    from twins.mdlm import tiny_dit
+    from relaykit.testing.twins.mdlm import tiny_dit
 
     assert MDLMAdapter().mask_token_id(tiny_dit(vocab=40)) == 39
     with pytest.raises(TypeError, match="mask_token_id"):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from families import randomise_channel
-from twins.bd3lm import tiny_bd3lm
-from twins.fast_dllm_v2 import tiny_fast_dllm_v2
-from twins.llada import tiny_llada
-from twins.mdlm import tiny_dit
 
 import relaykit
 from relaykit.policies import Threshold, TopK
+from relaykit.testing.twins.bd3lm import tiny_bd3lm
+from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
+from relaykit.testing.twins.llada import tiny_llada
+from relaykit.testing.twins.mdlm import tiny_dit
 
 
 def _v2(dtype: torch.dtype = torch.float32):

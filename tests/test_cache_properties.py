@@ -12,9 +12,9 @@ step commits and to which tokens, when to commit a block, and which rows to rese
 5. cache equals recompute (block-causal prefix cache): same logits and states as recomputing without a cache.
 
 Backbones (float64): transformers Qwen2ForCausalLM under block-causal 4D masks with a DynamicCache (prefix cache,
-and the Fast-dLLM v2 sub-block cache emulated on it); the Fast-dLLM v2 twin (tests/twins) through its own cache
-arguments (block-level cache, contract 5 exact, and block / sub-block cache); the LLaDA twin with Fast-dLLM v1's
-list cache (prefix and dual caches: approximate by design, so contracts 2 to 4).
+and the Fast-dLLM v2 sub-block cache emulated on it); the Fast-dLLM v2 twin (relaykit.testing.twins) through its
+own cache arguments (block-level cache, contract 5 exact, and block / sub-block cache); the LLaDA twin with Fast-dLLM
+v1's list cache (prefix and dual caches: approximate by design, so contracts 2 to 4).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from tiny import tiny_qwen2
-from twins.fast_dllm_v2 import tiny_fast_dllm_v2
-from twins.llada import tiny_llada
 
 import relaykit
 from relaykit.adapters import GenericAdapter
 from relaykit.blockrun import RUNNERS, Recompute
 from relaykit.kvcache import DecodeCall
+from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
+from relaykit.testing.twins.llada import tiny_llada
 
 MASK = 47
 TOL = dict(rtol=0.0, atol=1e-10)  # float64: cache and recompute differ only by summation order

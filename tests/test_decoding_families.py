@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from twins.fast_dllm_v2 import tiny_fast_dllm_v2
-from twins.llada import tiny_llada
 
 import relaykit
 from relaykit.policies import Threshold, TopK
+from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
+from relaykit.testing.twins.llada import tiny_llada
 
 
 def _randomise(relay: relaykit.RelayModel, std: float = 0.5) -> relaykit.RelayModel:

@@ -13,10 +13,10 @@ from families import randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from recorder import Recorder, check_committed_frozen, check_locality
-from twins.fast_dllm_v2 import tiny_fast_dllm_v2
 
 import relaykit
 from relaykit import RelayState
+from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
 
 MASK, BS, SMALL = 63, 4, 2
 

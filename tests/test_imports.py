@@ -81,7 +81,8 @@ def test_layering_model_below_persistence_below_attach() -> None:
 
 def test_core_does_not_import_transformers() -> None:
     code = (
-        "import sys, relaykit, relaykit.adapters, relaykit.policies, relaykit.io; "
+        "import sys, relaykit, relaykit.adapters, relaykit.policies, relaykit.io, relaykit.testing, "
+        "relaykit.integrations.transformers; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'); "
         "assert not bad, bad"
     )

@@ -15,10 +15,10 @@ from families import randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from recorder import Recorder, check_committed_frozen, check_locality
-from twins.llada import tiny_llada
 
 import relaykit
 from relaykit import RelayState
+from relaykit.testing.twins.llada import tiny_llada
 
 MASK = 63
 

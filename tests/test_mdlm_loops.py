@@ -15,12 +15,12 @@ from families import randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from recorder import Recorder, check_committed_frozen, check_locality
-from twins.bd3lm import tiny_bd3lm
-from twins.mdlm import tiny_dit, tiny_hf_mdlm
 
 import relaykit
 from relaykit import RelayState
 from relaykit.adapters import MDLMAdapter, ddpm_cache_valid
+from relaykit.testing.twins.bd3lm import tiny_bd3lm
+from relaykit.testing.twins.mdlm import tiny_dit, tiny_hf_mdlm
 
 MASK, BOS, BS = 47, 0, 4
 

@@ -55,7 +55,7 @@ def test_training_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_family_snippet_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
-    from twins.fast_dllm_v2 import tiny_fast_dllm_v2
+    from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
 
     model = tiny_fast_dllm_v2()
     mask = model.config.vocab_size - 1

@@ -24,9 +24,8 @@ def test_select_accepts_a_bool_row_mask() -> None:
 
 
 def test_family_and_generic_adapters_read_the_same_config_mask_id() -> None:
-    from twins.llada import tiny_llada
-
     from relaykit.adapters import get_adapter
+    from relaykit.testing.twins.llada import tiny_llada
 
     model = tiny_llada()
     for name in ("mask_token_id", "mask_index"):
@@ -65,7 +64,8 @@ def test_explicit_hidden_size_round_trips_and_is_checked(tmp_path: Path) -> None
 
 def test_bd3lm_module_cache_refuses_update_all() -> None:
     from test_mdlm_loops import bd3_sample
-    from twins.bd3lm import tiny_bd3lm
+
+    from relaykit.testing.twins.bd3lm import tiny_bd3lm
 
     model = tiny_bd3lm()
     relay = relaykit.attach(model, update="all")
@@ -130,7 +130,7 @@ def test_generate_takes_wrappers_and_callable_policies_like_bptt_rollout() -> No
 
 
 def test_llada_refuses_block_causal_decoding() -> None:
-    from twins.llada import tiny_llada
+    from relaykit.testing.twins.llada import tiny_llada
 
     relay = relaykit.attach(tiny_llada())
     prompt = torch.randint(0, 20, (1, 4))

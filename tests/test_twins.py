@@ -1,13 +1,14 @@
-"""The twins keep their upstream family's module tree, keyword arguments and cache behaviour (see tests/twins)."""
+"""The twins (relaykit.testing.twins) keep their upstream family's module tree, keyword arguments and caches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from twins.bd3lm import tiny_bd3lm
-from twins.fast_dllm_v2 import tiny_fast_dllm_v2
-from twins.llada import tiny_llada
-from twins.mdlm import tiny_dit, tiny_hf_mdlm
+
+from relaykit.testing.twins.bd3lm import tiny_bd3lm
+from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
+from relaykit.testing.twins.llada import tiny_llada
+from relaykit.testing.twins.mdlm import tiny_dit, tiny_hf_mdlm
 
 
 def test_llada_module_tree_has_two_kinds_of_ff_out():

@@ -29,8 +29,7 @@ TINY_MASK, TINY_BLOCK, TINY_PROMPT = 63, 4, 6
 def load(args) -> tuple[torch.nn.Module, object, int]:
     """(model, tokenizer or None, mask id): the tiny twin, or Fast-dLLM v2 from a path / hub id."""
     if args.tiny:
-        relay_sft.twins()
-        from twins.fast_dllm_v2 import tiny_fast_dllm_v2
+        from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
 
         model = tiny_fast_dllm_v2(bd_size=TINY_BLOCK, seed=args.seed)
         # a random twin may rank the mask token first, and upstream generate() would then loop forever

@@ -26,8 +26,7 @@ TINY = dict(steps=30, batch_size=8, lr=3e-3, out=Path("runs/llada-relay"))
 def load(args) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer or None): the tiny twin, or LLaDA from a path / hub id."""
     if args.tiny:
-        relay_sft.twins()
-        from twins.llada import tiny_llada
+        from relaykit.testing.twins.llada import tiny_llada
 
         return tiny_llada(seed=args.seed), None
     relay_sft.check_transformers("4.38", "4.57", "LLaDA")

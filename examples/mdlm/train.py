@@ -28,8 +28,7 @@ TINY = dict(steps=30, batch_size=8, lr=3e-3, out=Path("runs/mdlm-relay"))
 def load(args) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer or None): the tiny DiT twin, or MDLM from a path / hub id."""
     if args.tiny:
-        relay_sft.twins()
-        from twins.mdlm import tiny_dit
+        from relaykit.testing.twins.mdlm import tiny_dit
 
         return tiny_dit(seed=args.seed), None
     from transformers import AutoModelForMaskedLM, AutoTokenizer

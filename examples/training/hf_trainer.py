@@ -1,13 +1,13 @@
-"""Relay training with the Hugging Face Trainer: a mixin that overrides ``compute_loss``, nothing else.
+"""Relay training with the Hugging Face Trainer: ``relaykit.integrations.transformers.RelayTrainerMixin``.
 
     python examples/training/hf_trainer.py --max-steps 100
 
-``RelayTrainerMixin.compute_loss`` runs one window of a :class:`relaykit.PersistentRollout` per micro-batch. The
-Trainer's batch (dicts with ``x0`` and ``maskable``) is the pool from which rows that finished take new samples;
-samples not needed that step are dropped (``trainer.rollout.discarded`` counts them), so an "epoch" of the
-Trainer reads more samples than are trained on, as Algorithm 1 draws samples only when a row frees up.
-The driver's state is saved in every checkpoint folder (``relay_rollout.pt``) and restored on
-``trainer.train(resume_from_checkpoint=...)``.
+The mixin overrides public Trainer methods only: ``compute_loss`` runs one window of a
+:class:`relaykit.PersistentRollout` per micro-batch, ``save_model`` (also called for every checkpoint) adds
+relaykit's format (``relay_config.json`` + ``relay_model.safetensors``) and the rollout state
+(``relay_rollout.pt``), and ``train(resume_from_checkpoint=...)`` restores that state, so a resumed run continues
+exactly. The Trainer's batch (dicts with ``x0`` and ``maskable``) is the pool from which rows that finished take
+new samples; samples not needed that step are dropped (``trainer.rollout.discarded`` counts them).
 
 Keep ``remove_unused_columns=False`` in the TrainingArguments: ``x0`` / ``maskable`` are not model arguments.
 """
@@ -15,7 +15,6 @@ Keep ``remove_unused_columns=False`` in the TrainingArguments: ``x0`` / ``maskab
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,55 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from toy import MASK, ToyMDM, progressions  # noqa: E402
 
 import relaykit  # noqa: E402
-from relaykit import PersistentRollout, Threshold  # noqa: E402
+from relaykit import Threshold  # noqa: E402
+from relaykit.integrations.transformers import ROLLOUT_FILE, RelayTrainerMixin  # noqa: E402
 
-DRIVER_FILE = "relay_rollout.pt"
-
-
-class RelayTrainerMixin:
-    """Mix into ``transformers.Trainer`` (before it) to train with persistent relay rollouts.
-
-    Example::
-
-        class RelayTrainer(RelayTrainerMixin, Trainer): ...
-        trainer = RelayTrainer(model=relay, args=args, train_dataset=ds, rollout={"method": "relay", "k": 2})
-    """
-
-    def __init__(self, *args: Any, rollout: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.rollout_options = dict(rollout or {})
-        self.rollout: PersistentRollout | None = None
-        self._rollout_resume: dict[str, Any] | None = None
-        # our loss is already a per-batch mean: the Trainer must divide it by the accumulation steps itself
-        self.model_accepts_loss_kwargs = False
-        self.loss_is_scaled_for_ga = False
-
-    def compute_loss(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> Any:
-        if self.rollout is None:
-            options = {"batch_size": int(inputs["x0"].shape[0]), **self.rollout_options}
-            self.rollout = PersistentRollout(model, **options)
-            if self._rollout_resume is not None:
-                self.rollout.load_state_dict(self._rollout_resume, skip_consumed=False)
-        res = self.rollout.step(refill=inputs)
-        return (res.loss, res) if return_outputs else res.loss
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
-        if isinstance(resume_from_checkpoint, str):
-            path = os.path.join(resume_from_checkpoint, DRIVER_FILE)
-            self._rollout_resume = torch.load(path, weights_only=True)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)  # type: ignore[misc]
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)  # type: ignore[misc]
-        if self.rollout is not None and self.args.should_save:
-            folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-            torch.save(self.rollout.state_dict(), os.path.join(folder, DRIVER_FILE))
+DRIVER_FILE = ROLLOUT_FILE
 
 
 class ProgressionDataset(torch.utils.data.Dataset):

@@ -4,6 +4,11 @@ Each twin keeps its upstream family's module tree, parameter names, forward keyw
 behaviour (read from the public upstream code, never copied), so adapters and upstream-style decoding loops run
 through them unchanged. Every deliberate difference from upstream is listed in the twin's module docstring.
 
+The twins import ``transformers`` (the ``test`` / ``examples`` extra). Example::
+
+    from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
+    model = tiny_fast_dllm_v2()          # Fast_dLLM_QwenForCausalLM with random weights and its own generate()
+
 - ``twins.llada``: ``LLaDAModelLM`` (GSAI-ML/LLaDA hub file, and the Fast-dLLM v1 copy with prefix/dual caches).
 - ``twins.mdlm``: MDLM's ``DIT`` and the HF ``MDLM`` wrapper.
 - ``twins.bd3lm``: BD3-LM's HF ``BD3LM`` (block KV cache, ``[x_t ; x_0]`` training layout).

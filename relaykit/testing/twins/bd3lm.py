@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from twins.mdlm import (
+from relaykit.testing.twins.mdlm import (
     DDitFinalLayer,
     EmbeddingLayer,
     LayerNorm,
@@ -257,7 +257,7 @@ def tiny_bd3lm(
     dtype: torch.dtype = torch.float32,
 ) -> BD3LM:
     """A random tiny BD3-LM (mask index = vocab - 1), zero-initialised branches perturbed, in eval mode."""
-    from twins import perturb_
+    from relaykit.testing.twins import perturb_
 
     torch.manual_seed(seed)
     config = BD3LMConfig(

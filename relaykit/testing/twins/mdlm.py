@@ -281,7 +281,7 @@ def tiny_dit(
     dtype: torch.dtype = torch.float32,
 ) -> DIT:
     """A random tiny MDLM DIT (mask index = vocab - 1), zero-initialised branches perturbed, in eval mode."""
-    from twins import perturb_
+    from relaykit.testing.twins import perturb_
 
     torch.manual_seed(seed)
     config = {"model": {"hidden_size": width, "n_heads": heads, "cond_dim": 16, "n_blocks": layers, "dropout": 0.0}}
@@ -298,7 +298,7 @@ def tiny_hf_mdlm(
     dtype: torch.dtype = torch.float32,
 ) -> MDLM:
     """A random tiny HF MDLM, zero-initialised branches perturbed, in eval mode."""
-    from twins import perturb_
+    from relaykit.testing.twins import perturb_
 
     torch.manual_seed(seed)
     config = MDLMConfig(
