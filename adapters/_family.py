@@ -14,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from relaykit.adapter import Adapter
+from relaykit.checks import is_int
 from relaykit.resolve import config_mask_id
 
 
@@ -26,7 +27,7 @@ class FamilyAdapter(Adapter):
     published_mask_id: int | None = None
 
     def __init__(self, mask_token_id: int | None = None) -> None:
-        if mask_token_id is not None and (not isinstance(mask_token_id, int) or isinstance(mask_token_id, bool)):
+        if mask_token_id is not None and not is_int(mask_token_id):
             raise TypeError(f"mask_token_id must be an int or None, got {type(mask_token_id).__name__}")
         self.mask_override = mask_token_id
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from relaykit.adapter import Adapter
 from relaykit.resolve import Side, candidates, resolve_module
+from relaykit.shift import check_token_shift
 
 
 def _split_side(spec: str) -> tuple[str, Side]:
@@ -53,11 +54,9 @@ class GenericAdapter(Adapter):
             raise TypeError(
                 f"final_hidden must be a dotted module path (str) or None, got {type(final_hidden).__name__}"
             )
-        if token_shift not in (0, 1):
-            raise ValueError(f"token_shift must be 0 or 1, got {token_shift!r}")
         self.embedding_path = embedding
         self.final_hidden_spec = final_hidden
-        self.token_shift = token_shift
+        self.token_shift = check_token_shift(token_shift)
 
     def embedding(self, model: nn.Module) -> nn.Module:
         if self.embedding_path is not None:

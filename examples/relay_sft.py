@@ -4,8 +4,10 @@ Each family's ``train.py`` loads its model (a checkpoint path / hub id, or with 
 random re-implementation with the family's module tree from ``relaykit.testing.twins``, shipped in the wheel, no
 download), attaches relay, and calls :func:`train`: Algorithm 1's persistent truncated-BPTT driver (K = 2) on
 (x0, maskable) pairs where only the response is maskable, AdamW on the backbone and the relay channel (the channel
-alone with ``--relay-only``), a progress bar, then ``relay.save_pretrained(out)``. In ``--tiny`` mode the random
-backbone is saved too (``tiny_backbone.pt``) so that ``generate.py --tiny`` decodes with the same weights.
+alone with ``--relay-only``), a progress bar, then ``relay.save_pretrained(out)``, which saves the trained
+backbone's weights beside the channel (not with ``--relay-only``), so ``generate.py``'s
+``RelayModel.from_pretrained(model, out)`` restores the model as trained. In ``--tiny`` mode the random backbone is
+saved too (``tiny_backbone.pt``) so that ``generate.py --tiny`` rebuilds the same twin before loading.
 
 Data: ``--data file.jsonl`` with one ``{"prompt": ..., "response": ...}`` per line (tokenised with the model's
 tokenizer, its chat template when it has one), or with ``--tiny`` a toy task: reverse the prompt's tokens.
@@ -188,13 +190,14 @@ def train(
         bar.set_postfix(loss=f"{losses[-1]:.3f}", done=driver.completed)
         if on_step is not None:
             on_step(step, losses[-1])
-    args.out.mkdir(parents=True, exist_ok=True)
-    relay.save_pretrained(args.out)
+    changed = len(relay.changed_backbone_tensors())
+    relay.save_pretrained(args.out)  # the channel, and the backbone's weights since training changed them
     if args.tiny:
         backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("relay_channel.")}
         torch.save(backbone, args.out / TINY_BACKBONE)
     head, tail = sum(losses[:5]) / len(losses[:5]), sum(losses[-5:]) / len(losses[-5:])
-    print(f"saved the relay to {args.out} (mean loss of the first / last 5 steps: {head:.3f} / {tail:.3f})")
+    what = f"the relay and the trained backbone ({changed} tensors changed)" if changed else "the relay"
+    print(f"saved {what} to {args.out} (mean loss of the first / last 5 steps: {head:.3f} / {tail:.3f})")
     return losses
 
 

@@ -16,15 +16,16 @@ adapter (``Adapter.decode_kwargs``). The relay rules that keep caches valid live
 * each call's absolute positions come from the adapter (``Adapter.plan_call``, through the relay hook) and are
   checked against the positions the runner fed.
 
-Runners: :class:`Recompute` (no cache; LLaDA / MDLM loops, and the reference for caches), :class:`PrefixCache`
-(block-causal: the exact block-level cache of Fast-dLLM v2 / BD3-LM, contract 5; bidirectional: Fast-dLLM v1's
-prefix cache, refreshed at each block), :class:`DualCache` (Fast-dLLM v1: prefix and masked suffix frozen per
-block, the block replaced in place) and :class:`SubBlockCache` (Fast-dLLM v2's block cache: the whole block once,
-then only the current sub-block).
+One class per cache mode (:func:`runner_for` picks it): :class:`Recompute` (no cache; the reference for caches),
+:class:`BlockPrefixCache` (block-causal: the exact block-level cache of Fast-dLLM v2 / BD3-LM, contract 5),
+:class:`RefreshPrefixCache` (Fast-dLLM v1's prefix cache, refreshed at each block), :class:`DualCache` (Fast-dLLM
+v1: prefix and masked suffix frozen per block, the block replaced in place) and :class:`SubBlockCache` (Fast-dLLM
+v2's block cache: the whole block once, then only the current sub-block). The block logits are gathered by
+:class:`~relaykit.blocklogits.BlockLogits`.
 
 Example (what ``generate`` does for each block)::
 
-    runner = PrefixCache(relay, attention="block_causal", segments=segs, batch=b)
+    runner = runner_for("prefix", "block_causal")(relay, attention="block_causal", segments=segs, batch=b)
     runner.prepare(x, canvas_start)                 # relay-free prompt prefill
     runner.begin(x, (s, e))
     logits, window = runner.step(x, (s, e), (s, e), window)   # (b, B, V) aligned with x[:, s:e]
@@ -33,25 +34,35 @@ Example (what ``generate`` does for each block)::
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from relaykit.blocklogits import BlockLogits, Span
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
 from relaykit.model import RelayCore
-from relaykit.shift import align_logits
 from relaykit.state import RelayState
 
-Span = tuple[int, int]
+
+@dataclass(frozen=True)
+class RunnerView:
+    """What a runner shows an observer (tests, debugging), read-only: its cache, and what its last call fed."""
+
+    mode: str
+    exact: bool
+    cache: Any
+    fed: Span | None  # positions start..stop-1 fed by the last relay call (None before any)
+    refreshed: bool  # Fast-dLLM v1: the active block's refresh has run
 
 
 class Runner:
     """Base runner: the call plumbing shared by every mode. Subclasses decide which calls a step makes."""
 
-    mode = "none"
+    mode: ClassVar[str] = "none"
     #: True when a cached decode gives the same logits, tokens and states as :class:`Recompute` (contract 5)
-    exact = False
+    exact: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -65,23 +76,23 @@ class Runner:
         block_size: int | None = None,
     ) -> None:
         self.relay = relay
-        self.block_size = block_size
-        self.adapter = relay.adapter
         self.attention = attention
         self.segments = segments
         self.batch = batch
-        self.shift = int(relay.adapter.token_shift)
-        if self.shift not in (0, 1):
-            raise ValueError(f"relaykit.generate supports a token shift of 0 or 1, the adapter has {self.shift}")
+        self.block_size = block_size
         self.cache = cache
         self.block_cache: Any = None  # a family's block cache kept apart from self.cache (Fast-dLLM v2)
-        self.tail = tail  # (b, V) logits at the last position the cache holds (predicts the next one when shift=1)
-        self.block_logits: Tensor | None = None  # (b, B + 1, V) raw logits at positions s-1 .. e-1
-        self.block: Span | None = None
-        self.last_state: RelayState | None = None
-        self.last_fed: Span = (0, 0)  # positions fed by the last relay call
-        self.refreshed = False
-        self._tail_pos = -1
+        self.logits = BlockLogits(int(relay.adapter.token_shift), tail)
+        self.fed: Span | None = None
+
+    @property
+    def view(self) -> RunnerView:
+        return RunnerView(self.mode, self.exact, self.cache, self.fed, getattr(self, "refreshed", False))
+
+    @property
+    def tail(self) -> Tensor | None:
+        """(b, V) logits at the last position the cache holds (predict the next token when token_shift = 1)."""
+        return self.logits.tail
 
     # ------------------------------------------------------------------ the call plumbing
     def call(
@@ -95,8 +106,9 @@ class Runner:
         store: bool = False,
         replaced: Span | None = None,
         relay_on: bool = True,
-    ) -> Tensor:
-        """Feed ``x[:, start:stop]``; returns the raw logits (b, stop - start, V) and keeps the new state."""
+    ) -> tuple[Tensor, RelayState | None]:
+        """Feed ``x[:, start:stop]``; returns the raw logits (b, stop - start, V) and the new state (None when the
+        call ran relay-free)."""
         call = DecodeCall(
             kind,
             start,
@@ -108,38 +120,26 @@ class Runner:
             replaced=replaced,
             segments=self.segments,
             attention=self.attention,
-            block=self.block,
+            block=self.logits.block,
             block_size=self.block_size,
             device=x.device,
             block_cache=self.block_cache,
         )
-        backbone_kwargs = self.adapter.decode_kwargs(self.relay.backbone, call)
+        adapter = self.relay.adapter
+        backbone_kwargs = adapter.decode_kwargs(self.relay.backbone, call)
         ids = x[:, start:stop]  # (b, q)
         relay_on = relay_on and self.relay.enabled  # generate() inside relay.disabled(): the bare backbone's loop
         if relay_on:
             out = self.relay(ids, state=state, **backbone_kwargs)
             self._check_positions(out.positions, start, stop)
-            self.last_fed = (start, stop)
+            self.fed = (start, stop)
         else:
             with self.relay.disabled():
                 out = self.relay(ids, **backbone_kwargs)
-        self.last_state = out.state if relay_on else None
-        self.cache = self.adapter.decode_cache(out.output, call)
-        self.block_cache = self.adapter.decode_block_cache(out.output, call)
-        if self.block is not None:
-            self._record(out.logits, start, stop)
-        return out.logits  # (b, q, V)
-
-    def _record(self, logits: Tensor, start: int, stop: int) -> None:
-        """Keep the raw logits of positions s-1 .. e-1 of the active block that this call produced."""
-        s, e = self.block  # type: ignore[misc]
-        if self.block_logits is None:
-            self.block_logits = logits.new_zeros(logits.shape[0], e - s + 1, logits.shape[-1])  # (b, B + 1, V)
-            if self.tail is not None and self._tail_pos == s - 1:
-                self.block_logits[:, 0] = self.tail
-        lo, hi = max(start, s - 1), min(stop, e)
-        if lo < hi:
-            self.block_logits[:, lo - (s - 1) : hi - (s - 1)] = logits[:, lo - start : hi - start].detach()
+        self.cache = adapter.decode_cache(out.output, call)
+        self.block_cache = adapter.decode_block_cache(out.output, call)
+        self.logits.record(out.logits, start, stop)
+        return out.logits, out.state if relay_on else None  # (b, q, V)
 
     def _check_positions(self, positions: Tensor | None, start: int, stop: int) -> None:
         """The adapter's positions must be the fed ones, or a contiguous part of them (``CallPlan.columns``)."""
@@ -152,18 +152,13 @@ class Runner:
             got = (
                 "none"
                 if positions is None or not positions.numel()
-                else (f"{int(positions.min())}..{int(positions.max())}")
+                else f"{int(positions.min())}..{int(positions.max())}"
             )
             raise RuntimeError(
-                f"adapter {self.adapter.name!r} reports positions {got} for a call that feeds positions "
+                f"adapter {self.relay.adapter.name!r} reports positions {got} for a call that feeds positions "
                 f"{start}..{stop - 1}: its plan_call() does not read the arguments its decode_kwargs() passes "
                 f"({self.mode} cache); fix one of the two so they agree"
             )
-
-    def aligned(self) -> Tensor:
-        """Logits aligned with the active block, (b, B, V): position p is predicted at p - token_shift."""
-        assert self.block is not None and self.block_logits is not None
-        return align_logits(self.block_logits, self.shift)[:, 1:]  # buffer holds s-1 .. e-1; keep s .. e-1
 
     def window(self, state: RelayState | None, block: Span, total: int) -> RelayState | None:
         """What the relay returned, cut to the extent the runner keeps: the block (block-causal) or the canvas."""
@@ -173,6 +168,10 @@ class Runner:
             return state.extend(block[1]).window(*block)
         return state.extend(total)
 
+    def crop(self, length: int) -> None:
+        """Keep only cache positions < ``length``."""
+        self.cache = self.relay.adapter.crop_cache(self.cache, length)
+
     # ------------------------------------------------------------------ the protocol generate() drives
     def prepare(self, x: Tensor, canvas_start: int) -> int:
         """Before the first block; returns the number of backbone passes it made (prompt prefill)."""
@@ -180,8 +179,7 @@ class Runner:
 
     def begin(self, x: Tensor, block: Span) -> None:
         """Block ``(s, e)`` becomes active."""
-        self.block = block
-        self.block_logits = None
+        self.logits.begin(block)
 
     def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
         """One relay step; returns (logits aligned with ``x[:, s:e]`` (b, B, V), the block's new state window)."""
@@ -191,17 +189,23 @@ class Runner:
         """Block finished; returns the number of passes made (a relay-free commit pass, or none)."""
         return 0
 
-    # ------------------------------------------------------------------ helpers for subclasses
-    def _store_tail(self, logits: Tensor, stop: int) -> None:
-        self.tail, self._tail_pos = logits[:, -1].detach(), stop - 1
-
+    # ------------------------------------------------------------------ passes shared by several modes
     def _prefill(self, x: Tensor, canvas_start: int) -> int:
+        """Relay-free prompt prefill up to ``canvas_start`` (nothing when the cache already holds it)."""
         held = cache_length(self.cache)
         if canvas_start <= held:
-            self._tail_pos = held - 1 if self.tail is not None else -1
+            self.logits.resume_tail(held - 1)
             return 0
-        logits = self.call(x, "prefill", held, canvas_start, store=True, relay_on=False)
-        self._store_tail(logits, canvas_start)
+        logits, _ = self.call(x, "prefill", held, canvas_start, store=True, relay_on=False)
+        self.logits.store_tail(logits, canvas_start)
+        return 1
+
+    def _commit(self, x: Tensor, block: Span) -> int:
+        """Relay-free pass that stores the finished block in the cache (contract 4)."""
+        s, e = block
+        self.crop(s)
+        logits, _ = self.call(x, "commit", s, e, store=True, relay_on=False)
+        self.logits.store_tail(logits, e)
         return 1
 
 
@@ -234,86 +238,81 @@ class Recompute(Runner):
     def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
         total = x.shape[1]
         if self.attention == "block_causal":
-            self.call(x, "step", 0, block[1], state=_embed(window, block[1]))
+            _, state = self.call(x, "step", 0, block[1], state=_embed(window, block[1]))
         else:
-            self.call(x, "step", 0, total, state=window)
-        return self.aligned(), self.window(self.last_state, block, total)
+            _, state = self.call(x, "step", 0, total, state=window)
+        return self.logits.aligned(), self.window(state, block, total)
 
 
-class PrefixCache(Runner):
-    """Block-level prefix cache. Block-causal: exact (prompt prefill and per-block commit passes, relay-free; a
-    step feeds only the active block). Bidirectional (Fast-dLLM v1 prefix cache): each block starts with a full
-    forward that refills the cache and is the block's first step; later steps feed ``s .. T-1``."""
+class BlockPrefixCache(Runner):
+    """Block-level prefix cache of block-causal backbones, exact (contract 5): a relay-free prompt prefill and a
+    relay-free commit pass per block; a step feeds only the active block."""
 
     mode = "prefix"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.exact = self.attention == "block_causal"
+    exact = True
 
     def prepare(self, x: Tensor, canvas_start: int) -> int:
-        return self._prefill(x, canvas_start) if self.attention == "block_causal" else 0
+        return self._prefill(x, canvas_start)
+
+    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
+        s, e = block
+        _, state = self.call(x, "step", s, e, state=window)
+        self.crop(s)
+        return self.logits.aligned(), self.window(state, block, x.shape[1])
+
+    def end(self, x: Tensor, block: Span, *, last: bool) -> int:
+        return 0 if last else self._commit(x, block)
+
+
+class _Refreshing(Runner):
+    """Fast-dLLM v1 caches (bidirectional): each block starts with a full forward that refills the cache and is the
+    block's first step."""
+
+    refreshed = False
 
     def begin(self, x: Tensor, block: Span) -> None:
         super().begin(x, block)
         self.refreshed = False
 
-    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
-        s, e = block
-        if self.attention == "block_causal":
-            self.call(x, "step", s, e, state=window)
-            self.cache = self.adapter.crop_cache(self.cache, s)
-        elif not self.refreshed:
-            self._refresh(x, block, window)
-            self.cache = self.adapter.crop_cache(self.cache, s)
-        else:
-            self.call(x, "step", s, x.shape[1], state=window)
-            self.cache = self.adapter.crop_cache(self.cache, s)
-        return self.aligned(), self.window(self.last_state, block, x.shape[1])
-
-    def _refresh(self, x: Tensor, block: Span, window: RelayState | None) -> None:
-        """Fast-dLLM v1: a full forward caches every position and is the block's first step. It runs relay-free
-        (h = 0 in, bidirectional attention would carry relay into every cached key otherwise), so the cached
-        keys and values equal the bare backbone's (contract 4); it still writes h at the masked positions."""
+    def _refresh(self, x: Tensor, window: RelayState | None) -> RelayState | None:
+        """The full forward caches every position. It runs relay-free (h = 0 in: bidirectional attention would carry
+        relay into every cached key otherwise), so the cached keys and values equal the bare backbone's (contract
+        4); it still writes h at the masked positions."""
         self.cache = None
-        self.call(x, "refresh", 0, x.shape[1], state=None, store=True)
-        self.last_state = _merge(window, self.last_state, x == self.relay.mask_token_id)
+        _, state = self.call(x, "refresh", 0, x.shape[1], state=None, store=True)
         self.refreshed = True
-
-    def end(self, x: Tensor, block: Span, *, last: bool) -> int:
-        if self.attention != "block_causal" or last:
-            return 0
-        s, e = block
-        self.cache = self.adapter.crop_cache(self.cache, s)
-        logits = self.call(x, "commit", s, e, store=True, relay_on=False)
-        self._store_tail(logits, e)
-        return 1
+        return _merge(window, state, x == self.relay.mask_token_id)
 
 
-class DualCache(PrefixCache):
-    """Fast-dLLM v1 dual cache (bidirectional): a full forward per block caches prefix AND masked suffix; each
-    later step feeds only the block, replacing its cached keys and values in place."""
+class RefreshPrefixCache(_Refreshing):
+    """Fast-dLLM v1 prefix cache: after the block's refresh, steps feed ``s .. T-1`` against the cached prefix."""
+
+    mode = "prefix"
+
+    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
+        s, _ = block
+        if not self.refreshed:
+            state = self._refresh(x, window)
+        else:
+            _, state = self.call(x, "step", s, x.shape[1], state=window)
+        self.crop(s)
+        return self.logits.aligned(), self.window(state, block, x.shape[1])
+
+
+class DualCache(_Refreshing):
+    """Fast-dLLM v1 dual cache: after the block's refresh (prefix AND masked suffix cached), each step feeds only
+    the block, replacing its cached keys and values in place."""
 
     mode = "dual"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.exact = False
-
-    def prepare(self, x: Tensor, canvas_start: int) -> int:
-        return 0
 
     def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
         s, e = block
         if not self.refreshed:
-            self._refresh(x, block, window)
+            state = self._refresh(x, window)
         else:
-            self.call(x, "step", s, e, state=window, replaced=(s, e))
-            self.cache = self.adapter.crop_cache(self.cache, x.shape[1])  # drop the appended copy, if any
-        return self.aligned(), self.window(self.last_state, block, x.shape[1])
-
-    def end(self, x: Tensor, block: Span, *, last: bool) -> int:
-        return 0
+            _, state = self.call(x, "step", s, e, state=window, replaced=(s, e))
+            self.crop(x.shape[1])  # drop the appended copy, if any
+        return self.logits.aligned(), self.window(state, block, x.shape[1])
 
 
 class SubBlockCache(Runner):
@@ -321,6 +320,7 @@ class SubBlockCache(Runner):
     still masked), which caches the block; later steps feed only the sub-block, replacing its slots in place."""
 
     mode = "sub_block"
+    block_ready = False
 
     def prepare(self, x: Tensor, canvas_start: int) -> int:
         return self._prefill(x, canvas_start)
@@ -332,29 +332,28 @@ class SubBlockCache(Runner):
     def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
         s, e = block
         a, b = focus
-        mask_id = self.relay.mask_token_id
-        if not self.block_ready or bool((x[:, a] == mask_id).any()):
-            self.cache = self.adapter.crop_cache(self.cache, s)
-            self.call(x, "block", s, e, state=window)  # its keys stay: the block cache (cropped at the block's end)
+        if not self.block_ready or bool((x[:, a] == self.relay.mask_token_id).any()):
+            self.crop(s)
+            _, state = self.call(x, "block", s, e, state=window)  # its keys stay: the block cache, cropped at the end
             self.block_ready = True
         else:
-            self.call(x, "sub_block", a, b, state=window, replaced=(a, b))
-            self.cache = self.adapter.crop_cache(self.cache, e)  # drop the appended copy, if any
-        return self.aligned(), self.window(self.last_state, block, x.shape[1])
+            _, state = self.call(x, "sub_block", a, b, state=window, replaced=(a, b))
+            self.crop(e)  # drop the appended copy, if any
+        return self.logits.aligned(), self.window(state, block, x.shape[1])
 
     def end(self, x: Tensor, block: Span, *, last: bool) -> int:
-        s, e = block
-        self.cache = self.adapter.crop_cache(self.cache, s)
-        if last:
-            return 0
-        logits = self.call(x, "commit", s, e, store=True, relay_on=False)
-        self._store_tail(logits, e)
-        return 1
+        self.crop(block[0])
+        return 0 if last else self._commit(x, block)
 
 
-RUNNERS: dict[str, type[Runner]] = {
-    "none": Recompute,
-    "prefix": PrefixCache,
-    "dual": DualCache,
-    "sub_block": SubBlockCache,
-}
+def runner_for(mode: str | None, attention: Attention) -> type[Runner]:
+    """The runner class of a cache mode (None: no cache) under ``attention``."""
+    if mode is None or mode == "none":
+        return Recompute
+    if mode == "prefix":
+        return BlockPrefixCache if attention == "block_causal" else RefreshPrefixCache
+    if mode == "dual":
+        return DualCache
+    if mode == "sub_block":
+        return SubBlockCache
+    raise ValueError(f"unknown cache mode {mode!r}; expected None, 'prefix', 'dual' or 'sub_block'")

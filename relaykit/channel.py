@@ -22,6 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from relaykit.checks import is_int
+
 ChannelKind = Literal["linear", "mlp", "gated"]
 NormKind = Literal["layernorm", "rmsnorm", "none"]
 _KINDS = ("linear", "mlp", "gated")
@@ -54,7 +56,7 @@ class ChannelConfig:
             self.embedding_size = self.hidden_size
         for name in ("hidden_size", "embedding_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"ChannelConfig.{name} must be a positive int, got {value!r}")
         if self.kind not in _KINDS:
             raise ValueError(f"ChannelConfig.kind must be one of {_KINDS}, got {self.kind!r}")
@@ -106,6 +108,21 @@ class RelayChannel(nn.Module):
         nn.init.zeros_(self.proj.weight)
         if self.proj.bias is not None:
             nn.init.zeros_(self.proj.bias)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> RelayChannel:
+        """Module.to / to_empty / cuda ... go through here. A channel built on the meta device holds no values;
+        when ``to_empty()`` materialises it (``model.to_empty(device=...)`` after a meta-device attach) its memory
+        is garbage, so it is initialised afresh: norms to identity, inner projections at random, the output
+        projection at zero, and relay is again the identity until trained."""
+        was_meta = any(t.is_meta for t in self.parameters())
+        super()._apply(fn, recurse)
+        if was_meta and not any(t.is_meta for t in self.parameters()):
+            with torch.no_grad():
+                for module in self.modules():
+                    if module is not self and hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+                self.reset_parameters()
+        return self
 
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (b, n, d) -> relay addition (b, n, e), in the channel's parameter dtype unless autocast rules."""

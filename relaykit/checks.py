@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
+from torch import Tensor
+
+from relaykit.state import RelayState
+
 
 def is_int(value: Any) -> TypeGuard[int]:
     """Whether ``value`` is a Python int and not a bool (``True`` is an int to Python, never a count here)."""
@@ -26,7 +30,7 @@ def is_int(value: Any) -> TypeGuard[int]:
 def positive_int(value: Any, *, name: str) -> int:
     """``value`` when it is an int >= 1; ValueError naming ``name`` otherwise."""
     if not is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
 
 
@@ -35,3 +39,26 @@ def non_negative_int(value: Any, *, name: str) -> int:
     if not is_int(value) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return value
+
+
+def still_masked(z: Tensor, mask_token_id: int, maskable: Tensor) -> Tensor:
+    """(b, n) bool: positions of ``z`` (b, n) that hold the mask token and are maskable (the ones left to fill)."""
+    return (z == mask_token_id) & maskable
+
+
+def check_state_type(state: Any) -> None:
+    """TypeError unless ``state`` is a RelayState or None."""
+    if state is not None and not isinstance(state, RelayState):
+        raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+
+
+def check_state_covers(state: RelayState, batch: int, length: int, *, what: str, exact: bool, hint: str) -> None:
+    """Raise unless ``state`` holds ``batch`` rows and covers ``length`` positions from 0 (``what``: the batch or
+    canvas it is for): exactly (``exact``: a decoding canvas) or at most (a training batch, whose state grows)."""
+    check_state_type(state)
+    covers = state.offset == 0 and (state.end == length if exact else state.end <= length)
+    if state.batch_size != batch or not covers:
+        raise ValueError(
+            f"the relay state covers {state.batch_size} rows at positions {state.offset}..{state.end - 1}, but "
+            f"{what} has {batch} rows of length {length}; {hint}"
+        )

@@ -29,15 +29,27 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from relaykit.blockrun import RUNNERS, Runner
-from relaykit.kvcache import ATTENTIONS, Attention, cache_batch_size, cache_length
+from relaykit.blockrun import Runner, runner_for
+from relaykit.canvas import (
+    Span,
+    attention_segments,
+    block_spans,
+    build_canvas,
+    cache_mode,
+    canvas_maskable,
+    check_cache_mode,
+    decode_attention,
+    sub_block_spans,
+)
+from relaykit.checks import check_state_covers, still_masked
+from relaykit.kvcache import Attention, cache_batch_size, cache_length
 from relaykit.model import RelayCore, unwrap_relay
 from relaykit.policies import Policy, as_policy, commit_step
+from relaykit.shift import check_first_unmasked, check_token_shift
 from relaykit.state import RelayState
 
 CacheMode = Literal["prefix", "dual", "sub_block"]
 Callback = Callable[[int, Tensor], Any]
-Span = tuple[int, int]
 
 
 @dataclass
@@ -160,23 +172,20 @@ def generate(
     relay = unwrap_relay(relay, caller="generate()")
     policy = as_policy(policy)
     mask_id = relay.mask_token_id
-    x, canvas_start = _canvas(relay, input_ids, max_new_tokens, block_size)
+    x, canvas_start = build_canvas(relay, input_ids, max_new_tokens, block_size)
     b, total = x.shape
-    maskable_t = _maskable(maskable, b, input_ids.shape[1], total, x.device)
-    mode = _mode(use_cache, block_size)
-    attention = _attention(relay, attention)
-    blocks = _blocks(canvas_start, total, block_size)
-    _check_mode(relay, mode, attention, sub_block_size, block_size or total - canvas_start, return_cache)
-    shift = int(relay.adapter.token_shift)
-    candidates = (x == mask_id) & maskable_t  # (b, T)
-    if shift and bool(candidates[:, :shift].any()):
-        raise ValueError(
-            f"position 0 is masked but the backbone has a token shift of {shift}: nothing predicts the first "
-            f"token; give at least one clean token before the first mask"
-        )
+    maskable_t = canvas_maskable(maskable, b, input_ids.shape[1], total, x.device)
+    mode = cache_mode(use_cache, block_size)
+    attention = decode_attention(relay, attention)
+    blocks = block_spans(canvas_start, total, block_size)
+    check_cache_mode(relay, mode, attention, sub_block_size, block_size or total - canvas_start, return_cache)
+    shift = check_token_shift(relay.adapter.token_shift)
+    candidates = still_masked(x, mask_id, maskable_t)  # (b, T)
+    check_first_unmasked(candidates, shift, what="the canvas")
     if state is not None:
-        _check_state(state, b, total)
-    segments = _segments(canvas_start, blocks, cache)
+        hint = f"pass a state made for this canvas (RelayState.zeros(batch, {total}, hidden))"
+        check_state_covers(state, b, total, what="the canvas", exact=True, hint=hint)
+    segments = attention_segments(canvas_start, blocks, cache.segments if cache else (), cache.length if cache else 0)
     if cache is not None:
         if mode is None or attention != "block_causal":
             raise ValueError(
@@ -190,7 +199,7 @@ def generate(
                 f"at the cache's last position, so the PromptCache needs its tail (use the one returned by "
                 f"generate(..., return_cache=True))"
             )
-    runner: Runner = RUNNERS[mode or "none"](
+    runner: Runner = runner_for(mode, attention)(
         relay,
         attention=attention,
         segments=segments,
@@ -214,11 +223,11 @@ def generate(
         else:
             window = carried
         runner.begin(x, (s, e))
-        for a, c in _sub_blocks(s, e, sub_block_size):
+        for a, c in sub_block_spans(s, e, sub_block_size):
             while True:
                 focus = torch.zeros_like(candidates)
                 focus[:, a:c] = True
-                todo = (x == mask_id) & maskable_t & focus  # (b, T)
+                todo = still_masked(x, mask_id, maskable_t) & focus  # (b, T)
                 active = todo.any(-1)  # (b,)
                 if not bool(active.any()):
                     break
@@ -242,160 +251,3 @@ def generate(
     if return_cache:
         out_cache = PromptCache(runner.cache, x.clone(), segments, runner.tail)
     return GenerateResult(x, nfe, steps, trajectory, out_cache, blocks)
-
-
-# ---------------------------------------------------------------------- argument checks and canvas layout
-def _canvas(relay: RelayCore, input_ids: Tensor, max_new_tokens: int, block_size: int | None) -> tuple[Tensor, int]:
-    """The canvas x (b, T) = prompt + masks, and where decoding starts (P; 0 when infilling)."""
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be a (batch, length) tensor of token ids, got {got}")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(
-            f"max_new_tokens must be an int >= 0 (0 infills the masks in input_ids), got {max_new_tokens!r}"
-        )
-    b, prompt = input_ids.shape
-    mask_id = relay.mask_token_id
-    if max_new_tokens == 0 and prompt == 0:
-        raise ValueError("nothing to decode: input_ids is empty and max_new_tokens=0")
-    limit = _max_positions(relay)
-    if limit is not None and prompt + max_new_tokens > limit:
-        raise ValueError(
-            f"the prompt ({prompt} tokens) plus max_new_tokens ({max_new_tokens}) is a canvas of "
-            f"{prompt + max_new_tokens} positions, longer than the backbone's {limit} positions; shorten the prompt "
-            f"or ask for fewer tokens"
-        )
-    canvas_start = prompt if max_new_tokens > 0 else 0
-    masked_prompt = (input_ids == mask_id).any(0).nonzero().flatten()
-    if max_new_tokens > 0 and masked_prompt.numel():
-        raise ValueError(
-            f"input_ids hold mask tokens at prompt positions {masked_prompt[:8].tolist()} and max_new_tokens="
-            f"{max_new_tokens}: the prompt must be clean when generating after it; to infill them pass "
-            f"max_new_tokens=0 (the whole input is then the canvas)"
-        )
-    pad = torch.full((b, max_new_tokens), mask_id, dtype=input_ids.dtype, device=input_ids.device)
-    return torch.cat([input_ids, pad], 1).long(), canvas_start  # (b, T)
-
-
-def _max_positions(relay: RelayCore) -> int | None:
-    config = getattr(relay.backbone, "config", None)
-    for name in ("max_position_embeddings", "max_sequence_length", "model_length", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def _maskable(maskable: Tensor | None, b: int, prompt: int, total: int, device: torch.device) -> Tensor:
-    if maskable is None:
-        return torch.ones(b, total, dtype=torch.bool, device=device)
-    if not isinstance(maskable, Tensor) or maskable.dtype != torch.bool or maskable.dim() != 2:
-        raise ValueError("maskable must be a bool tensor of shape (batch, prompt length) or (batch, canvas length)")
-    if maskable.shape[0] != b or maskable.shape[1] not in (prompt, total):
-        raise ValueError(
-            f"maskable has shape {tuple(maskable.shape)} but input_ids need ({b}, {prompt}) or, with the new tokens, "
-            f"({b}, {total})"
-        )
-    maskable = maskable.to(device)
-    if maskable.shape[1] == prompt:
-        maskable = torch.cat([maskable, torch.ones(b, total - prompt, dtype=torch.bool, device=device)], 1)
-    return maskable
-
-
-def _mode(use_cache: bool | str, block_size: int | None) -> str | None:
-    if use_cache is False or use_cache is None:
-        return None
-    mode = "prefix" if use_cache is True else use_cache
-    if mode not in ("prefix", "dual", "sub_block"):
-        raise ValueError(f"use_cache must be False, True, 'prefix', 'dual' or 'sub_block', got {use_cache!r}")
-    if block_size is None:
-        raise ValueError(f"use_cache={use_cache!r} caches committed blocks: pass block_size=... as well")
-    return mode
-
-
-def _attention(relay: RelayCore, attention: str | None) -> Attention:
-    chosen = attention if attention is not None else getattr(relay.adapter, "attention", "bidirectional")
-    if chosen not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {chosen!r}")
-    supported = getattr(relay.adapter, "attentions", ATTENTIONS)
-    if chosen not in supported:
-        raise ValueError(
-            f"adapter {relay.adapter.name!r} cannot decode with attention={chosen!r}: its backbone attends "
-            f"{' or '.join(supported)} (its decode_kwargs pass no mask that would change that)"
-        )
-    return chosen  # type: ignore[return-value]
-
-
-def _blocks(canvas_start: int, total: int, block_size: int | None) -> list[Span]:
-    length = total - canvas_start
-    if block_size is None:
-        return [(canvas_start, total)]
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
-    if length % block_size:
-        raise ValueError(
-            f"block_size {block_size} does not divide the canvas of {length} positions "
-            f"(positions {canvas_start}..{total - 1}); choose a block size that divides it, e.g. "
-            f"{_divisor_near(length, block_size)}"
-        )
-    return [(s, s + block_size) for s in range(canvas_start, total, block_size)]
-
-
-def _divisor_near(n: int, k: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - k), -d))
-
-
-def _sub_blocks(s: int, e: int, size: int | None) -> list[Span]:
-    if size is None:
-        return [(s, e)]
-    return [(a, min(a + size, e)) for a in range(s, e, size)]
-
-
-def _check_mode(
-    relay: RelayCore, mode: str | None, attention: str, sub: int | None, block: int, return_cache: bool
-) -> None:
-    if sub is not None:
-        if not isinstance(sub, int) or isinstance(sub, bool) or sub < 1 or block % sub:
-            raise ValueError(f"sub_block_size must be a positive int dividing the block size {block}, got {sub!r}")
-    if mode == "sub_block" and sub is None:
-        raise ValueError("use_cache='sub_block' needs sub_block_size=... (Fast-dLLM v2 uses 8 for blocks of 32)")
-    if mode is not None and mode not in getattr(relay.adapter, "decode_modes", ()):
-        raise ValueError(
-            f"adapter {relay.adapter.name!r} does not support use_cache={mode!r}; it supports "
-            f"{list(getattr(relay.adapter, 'decode_modes', ()))}"
-        )
-    if mode == "dual" and attention != "bidirectional":
-        raise ValueError(
-            "use_cache='dual' is Fast-dLLM v1's cache for bidirectional backbones; with block-causal "
-            "attention later blocks are never attended: use 'prefix'"
-        )
-    if mode == "sub_block" and attention != "block_causal":
-        raise ValueError(
-            "use_cache='sub_block' is Fast-dLLM v2's cache for block-causal backbones; pass "
-            "attention='block_causal' or use 'prefix' / 'dual'"
-        )
-    if return_cache and not (mode in ("prefix", "sub_block") and attention == "block_causal"):
-        raise ValueError(
-            "return_cache=True needs an exact block cache: use_cache='prefix' or 'sub_block' with "
-            "attention='block_causal'"
-        )
-
-
-def _check_state(state: RelayState, b: int, total: int) -> None:
-    if not isinstance(state, RelayState):
-        raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
-    state.check_batch(b, what="input_ids")
-    if state.offset != 0 or state.length != total:
-        raise ValueError(
-            f"the relay state covers positions {state.offset}..{state.end - 1} but the canvas is positions "
-            f"0..{total - 1}; pass a state made for this canvas (RelayState.zeros(batch, {total}, hidden))"
-        )
-
-
-def _segments(canvas_start: int, blocks: list[Span], cache: PromptCache | None) -> tuple[Span, ...]:
-    """Attention segments: the cached context's own, the rest of the prompt, then each block."""
-    segments: list[Span] = list(cache.segments) if cache is not None else []
-    held = cache.length if cache is not None else 0
-    if canvas_start > held:
-        segments.append((held, canvas_start))
-    return tuple(segments + blocks)

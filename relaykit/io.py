@@ -1,60 +1,65 @@
-"""Save, load and share a relay: ``relay_config.json`` + ``relay_model.safetensors`` (the channel only).
+"""Save, load and share a relay: a folder that restores the model as trained, replaced as a whole on every save.
 
-The config records a format version, the library version, the adapter and its options, the channel design, the
-mask id, the update rule, the backbone's name and the SHA-256 of the weights file (so a half-written pair is
-caught). Files are written to a temporary name and renamed into place, so a crash never leaves a torn file.
+A folder holds ``relay_config.json`` (a :class:`~relaykit.config.RelayConfig`), ``relay_model.safetensors`` (the
+channel), a model card ``README.md`` and, when the backbone's weights changed since attach (training them is the
+common case), the backbone in safetensors as transformers lays it out (``model.safetensors`` or shards plus
+``model.safetensors.index.json``, and ``config.json`` for a Hugging Face backbone). ``backbone="auto"`` decides by a
+cheap fingerprint taken at attach / ``from_pretrained``; ``"always"`` and ``"never"`` force it.
 
-Persistence builds relays through the adapter registry and ``RelayCore.build`` and never imports ``attach``; the
-model never imports persistence (``relaykit.RelayModel`` in relay.py joins the two).
+The whole folder is written beside the target and swapped in at once (:mod:`relaykit.atomic`): an interrupted or
+killed save leaves the previous save loadable, never a mix of the two.
 
 Example::
 
-    relay.save_pretrained("out/relay")
-    relay = RelayModel.from_pretrained(backbone, "out/relay")          # or a Hub repo id
+    relay.save_pretrained("out/relay")                                  # + backbone weights if they changed
+    relay = RelayModel.from_pretrained(fresh_backbone, "out/relay")     # or a Hub repo id; restores both
     relay.push_to_hub("me/llada-relay")
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from relaykit._version import __version__
+from relaykit import atomic
 from relaykit.adapter import Adapter
 from relaykit.adapters import adapter_from_config
-from relaykit.channel import ChannelConfig
-from relaykit.model import RelayCore
-from relaykit.resolve import readable_width, resolve_mask_token_id
+from relaykit.card import relay_card
+from relaykit.config import FORMAT_VERSION, RelayConfig
+from relaykit.fingerprint import changed_tensors
+from relaykit.model import CHANNEL_ATTR, RelayCore
+from relaykit.resolve import readable_width
+from relaykit.weights import (
+    HF_CONFIG_NAME,
+    OWN_BASE,
+    is_backbone_file,
+    load_backbone,
+    write_backbone,
+)
 
 R = TypeVar("R", bound=RelayCore)
 
+logger = logging.getLogger("relaykit")
+
 CONFIG_NAME = "relay_config.json"
 WEIGHTS_NAME = "relay_model.safetensors"
-FORMAT_VERSION = 1
-_REQUIRED = ("format_version", "adapter", "channel", "mask_token_id")
-_KNOWN = (*_REQUIRED, "relaykit_version", "update", "backbone", "weights_sha256")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` (same directory, atomic rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+CARD_NAME = "README.md"
+CHANNEL_PREFIX = CHANNEL_ATTR  # backbone tensors under it are the channel's, saved apart
+BackboneMode = Literal["auto", "always", "never"]
+__all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "load_relay", "push_relay", "read_config", "save_relay"]
 
 
 def _sha256(path: Path) -> str:
@@ -71,75 +76,194 @@ def backbone_name(model: nn.Module) -> str:
     return str(name) if name else type(model).__name__
 
 
-def relay_config(relay: RelayCore) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "relaykit_version": __version__,
-        "adapter": relay.adapter.to_config(),
-        "channel": relay.channel.config.to_dict(),
-        "mask_token_id": relay.mask_token_id,
-        "update": relay.update,
-        "backbone": backbone_name(relay.backbone),
-    }
+def relay_config(relay: RelayCore) -> RelayConfig:
+    """The typed config of a live relay (what ``relay.config`` returns; a save adds the file fields)."""
+    return RelayConfig(
+        adapter=relay.adapter.to_config(),
+        channel=relay.channel.config,
+        mask_token_id=relay.mask_token_id,
+        update=relay.update,
+        backbone=backbone_name(relay.backbone),
+        vocab_size=relay.adapter.vocab_size(relay.backbone),
+    )
 
 
-def save_relay(relay: RelayCore, save_directory: str | os.PathLike[str]) -> Path:
-    """Write the two relay files into ``save_directory`` (created if needed); returns the folder."""
-    folder = Path(save_directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in relay.channel.state_dict().items()}
-    weights = folder / WEIGHTS_NAME
-    _atomic_write(weights, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    config = relay_config(relay) | {"weights_sha256": _sha256(weights)}
-    _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
-    return folder
+def changed_backbone_tensors(relay: RelayCore) -> list[str]:
+    """Names of the backbone tensors that changed since attach / ``from_pretrained`` (all when unknown)."""
+    return changed_tensors(relay.backbone, relay._backbone_reference, skip_prefix=CHANNEL_PREFIX)
 
 
-def _resolve_files(
+# -------------------------------------------------------------------------------------------------------- save
+def _previous_files(folder: Path) -> set[str]:
+    """The files an earlier save wrote into ``folder``: its manifest (the two relay files when it has none).
+
+    Anything else is someone else's and is kept, e.g. the Hugging Face Trainer's weights in a checkpoint folder.
+    """
+    ours = {CONFIG_NAME, WEIGHTS_NAME}
+    try:
+        saved = json.loads((folder / CONFIG_NAME).read_text())
+        files = saved.get("files") if isinstance(saved, dict) else None
+        if isinstance(files, list):
+            return ours | {f for f in files if isinstance(f, str)}
+    except (OSError, ValueError):
+        pass
+    return ours
+
+
+def save_relay(
+    relay: RelayCore,
+    save_directory: str | os.PathLike[str],
+    *,
+    backbone: BackboneMode = "auto",
+    max_shard_size: int | str = "5GB",
+    repo_id: str | None = None,
+) -> Path:
+    """Write the relay folder (and the backbone's weights when they changed) and swap it in as a whole.
+
+    Args:
+        backbone: ``"auto"`` saves the backbone's weights when any parameter or buffer changed since attach (or
+            since ``from_pretrained``); ``"always"`` / ``"never"`` force it (``"never"`` warns when they changed).
+        max_shard_size: backbone weights above this size are split into shards with an index file.
+        repo_id: the Hub id named in the model card's loading snippet.
+    """
+    if backbone not in ("auto", "always", "never"):
+        raise ValueError(f"backbone must be 'auto', 'always' or 'never', got {backbone!r}")
+    if isinstance(save_directory, str) and not save_directory:
+        raise ValueError("save_directory is empty; pass a folder path")
+    changed = changed_backbone_tensors(relay) if backbone != "always" else []
+    save_backbone = backbone == "always" or (backbone == "auto" and bool(changed))
+    if backbone == "never" and changed:
+        warnings.warn(
+            f"{len(changed)} backbone tensor(s) changed since attach (e.g. {changed[:3]}) but backbone='never': "
+            f"they are not saved, and loading this folder onto the original backbone will not restore them",
+            stacklevel=3,
+        )
+    target = Path(save_directory)
+    previous = _previous_files(target) if target.is_dir() else set()
+    others = {p.name for p in target.iterdir()} - previous if target.is_dir() else set()
+    stem = OWN_BASE if any(is_backbone_file(name) for name in others) else "model"  # never overwrite theirs
+    base = relay_config(relay)
+
+    def write(stage: Path) -> list[str]:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in relay.channel.state_dict().items()}
+        atomic.write_with(stage / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        files = [WEIGHTS_NAME]
+        entry = None
+        if save_backbone:
+            written = write_backbone(
+                stage, relay.backbone, skip_prefix=CHANNEL_PREFIX, max_shard_size=max_shard_size, base=stem
+            )
+            entry = written[0]  # the single file or the index
+            files += written
+        files += [CARD_NAME, CONFIG_NAME]
+        config = RelayConfig(
+            **{**base.__dict__, "backbone_weights": entry, "weights_sha256": _sha256(stage / WEIGHTS_NAME)},
+        )
+        config.files = sorted(files)
+        hf_class = type(relay.backbone).__name__ if HF_CONFIG_NAME in files else None
+        card = relay_card(config, repo_id=repo_id, hf_class=hf_class)
+        atomic.write_file(stage / CARD_NAME, str(card).encode())
+        atomic.write_file(stage / CONFIG_NAME, config.to_json_string().encode())
+        return files
+
+    atomic.replace_folder(target, write, keep=lambda name: name not in previous)
+    if save_backbone:
+        logger.info(
+            "relaykit: saved the relay and the backbone's weights (%d changed tensors) to %s", len(changed), target
+        )
+    return target
+
+
+# -------------------------------------------------------------------------------------------------------- load
+def _looks_local(text: str) -> bool:
+    """A path that can only mean a local folder (never a Hub id): absolute, ./ ../ ~, or under an existing dir."""
+    if text.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(text) or "\\" in text:
+        return True
+    head = text.split("/", 1)[0]
+    return text.count("/") > 1 or ("/" in text and os.path.isdir(head))
+
+
+def _missing_folder_error(path: Path) -> FileNotFoundError:
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir() if p.is_dir()], n=3)
+    hint = f"; folders with a similar name in {parent}: {near}" if near else ""
+    return FileNotFoundError(f"no relay folder at {str(path)!r} (nothing exists there){hint}")
+
+
+def _resolve(
     path_or_repo_id: str | os.PathLike[str],
     *,
     revision: str | None,
     cache_dir: str | os.PathLike[str] | None,
     token: str | bool | None,
     local_files_only: bool,
-) -> tuple[Path, Path]:
-    local = Path(path_or_repo_id)
+) -> tuple[Path, Callable[[str], Path]]:
+    """(the folder as named in messages, fetch(file name) -> local path) for a local folder or a Hub repo id."""
+    text = os.fspath(path_or_repo_id)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"path_or_repo_id must be a folder path or a Hub repo id, got {path_or_repo_id!r}")
+    local = Path(text).expanduser()
+    if not local.exists() and atomic.recover(local.absolute()) is not None:
+        warnings.warn(f"{local}: a save was killed mid-way; restored the previous save from beside it", stacklevel=4)
     if local.is_dir():
-        config, weights = local / CONFIG_NAME, local / WEIGHTS_NAME
-        missing = [p.name for p in (config, weights) if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{local} is not a relay folder: missing {missing}")
-        return config, weights
-    repo_id = str(path_or_repo_id)
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
-        raise FileNotFoundError(f"no relay folder at {repo_id!r}, and it is not a Hub repo id of the form 'owner/name'")
+        if not (local / CONFIG_NAME).is_file():
+            present = sorted(p.name for p in local.iterdir())[:10]
+            raise FileNotFoundError(f"{local} is not a relay folder: no {CONFIG_NAME} (it holds {present})")
+        return local, lambda name: local / name
+    if local.exists():
+        raise NotADirectoryError(f"{local} is a file; from_pretrained expects a relay folder or a Hub repo id")
+    if isinstance(path_or_repo_id, os.PathLike) or _looks_local(text):
+        raise _missing_folder_error(local)
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text):
+        raise FileNotFoundError(f"no relay folder at {text!r}, and it is not a Hub repo id of the form 'owner/name'")
     from huggingface_hub import hf_hub_download
 
     kwargs: dict[str, Any] = {"revision": revision, "cache_dir": cache_dir, "token": token}
     if local_files_only:
         kwargs["local_files_only"] = True
-    config = hf_hub_download(repo_id, CONFIG_NAME, **kwargs)
-    weights = hf_hub_download(repo_id, WEIGHTS_NAME, **kwargs)
-    return Path(config), Path(weights)
+    return Path(text), lambda name: Path(hf_hub_download(text, name, **kwargs))
 
 
-def read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> RelayConfig:
+    """The validated config in ``path`` (errors name the file, the field, what was expected and what came)."""
     try:
-        config = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    missing = [k for k in _REQUIRED if k not in config]
-    if missing:
-        raise ValueError(f"{path} lacks required keys {missing}")
-    if config["format_version"] > FORMAT_VERSION:
+        raise ValueError(f"{path} is not valid JSON ({e}); the file is damaged: save the relay again") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); it is not a relay config") from e
+    return RelayConfig.from_dict(data, source=str(path))
+
+
+def _mask_id(config: RelayConfig, model: nn.Module, adapter: Any, override: int | None, where: str) -> int:
+    vocab = adapter.vocab_size(model)
+    if override is not None:
+        if not isinstance(override, int) or isinstance(override, bool):
+            raise TypeError(f"mask_token_id must be an int, got {type(override).__name__} {override!r}")
+        if override < 0 or (vocab is not None and override >= vocab):
+            raise ValueError(f"mask_token_id={override} is outside this backbone's vocabulary of {vocab} tokens")
+        return override
+    mask = config.mask_token_id
+    if vocab is not None and mask >= vocab:
         raise ValueError(
-            f"{path} has relay format {config['format_version']} but this relaykit ({__version__}) reads up to "
-            f"{FORMAT_VERSION}; upgrade relaykit"
+            f"{where}: the saved mask_token_id {mask} is outside this backbone's vocabulary of {vocab} tokens "
+            f"(0..{vocab - 1}); pass mask_token_id=... to from_pretrained for this backbone"
         )
-    unknown = sorted(set(config) - set(_KNOWN))
-    if unknown:
-        warnings.warn(f"{path}: ignoring unknown keys {unknown}", stacklevel=3)
-    return config
+    try:
+        own: int | None = adapter.mask_token_id(model)
+    except ValueError:
+        own = None
+    if (own is not None and own != mask) or (None not in (vocab, config.vocab_size) and vocab != config.vocab_size):
+        says = "" if own is None else f" and its config says mask id {own}"
+        warnings.warn(
+            f"{where}: the relay was saved with mask_token_id {mask} for a vocabulary of {config.vocab_size} tokens; "
+            f"this backbone has {vocab} tokens{says}; keeping {mask} (pass mask_token_id=... to from_pretrained to "
+            f"override)",
+            stacklevel=4,
+        )
+    return mask
 
 
 def load_relay(
@@ -148,24 +272,30 @@ def load_relay(
     *,
     adapter: Adapter | None = None,
     relay_class: type[R] = RelayCore,  # type: ignore[assignment]
+    mask_token_id: int | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
 ) -> R:
-    """Attach the saved relay to ``model`` as a ``relay_class``; fails naming both shapes when they differ."""
-    config_path, weights_path = _resolve_files(
+    """Attach the saved relay to ``model`` as a ``relay_class``; load saved backbone weights into it (logged).
+
+    Fails naming both shapes when the channel does not fit, and naming the tensors when the backbone weights are
+    for another architecture; ``model`` is left untouched by a failed load.
+    """
+    folder, fetch = _resolve(
         path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
     )
+    config_path = fetch(CONFIG_NAME)
     config = read_config(config_path)
-    expected_sha = config.get("weights_sha256")
-    if expected_sha is not None and _sha256(weights_path) != expected_sha:
+    weights_path = fetch(WEIGHTS_NAME)
+    if config.weights_sha256 is not None and _sha256(weights_path) != config.weights_sha256:
         raise ValueError(
-            f"{weights_path} does not match the checksum recorded in {config_path.name}: the pair was not written "
-            f"together (interrupted save?); save the relay again"
+            f"{weights_path} does not match the checksum recorded in {config_path.name}: the files come from "
+            f"different saves (copied in by hand?); save the relay again"
         )
-    chosen = adapter if adapter is not None else adapter_from_config(config["adapter"])
-    saved = ChannelConfig(**config["channel"])
+    chosen = adapter if adapter is not None else adapter_from_config(config.adapter)
+    saved = config.channel
     saved_shape = (saved.hidden_size, saved.embedding_size)
     readable = readable_width(lambda: chosen.hidden_size(model))
     hidden = saved.hidden_size if readable is None else readable  # unreadable: the one given at attach stands
@@ -175,9 +305,11 @@ def load_relay(
             f"relay checkpoint {path_or_repo_id} was made for (hidden, embedding) = {saved_shape} but "
             f"{type(model).__name__} has (hidden, embedding) = {actual_shape}"
         )
-    mask = resolve_mask_token_id(config["mask_token_id"], lambda: chosen.mask_token_id(model), chosen.vocab_size(model))
-    relay = relay_class.build(model, chosen, saved, mask_token_id=mask, update=config.get("update", "masked"))
+    mask = _mask_id(config, model, chosen, mask_token_id, str(config_path))
+    relay = relay_class.build(model, chosen, saved, mask_token_id=mask, update=config.update)
     try:
+        if config.backbone_weights is not None:
+            load_backbone(model, folder, config.backbone_weights, skip_prefix=CHANNEL_PREFIX, fetch=fetch)
         _load_channel_weights(relay, weights_path)
     except Exception:
         relay.detach()
@@ -202,14 +334,10 @@ def _load_channel_weights(relay: RelayCore, weights_path: Path) -> None:
         relay.channel.load_state_dict(tensors, strict=True)
 
 
+# -------------------------------------------------------------------------------------------------------- hub
 def model_card(relay: RelayCore, repo_id: str) -> str:
-    config = relay_config(relay)
-    return (
-        f"---\nlibrary_name: relaykit\ntags:\n- relaykit\n- masked-diffusion\n---\n\n"
-        f"# {repo_id}\n\nA learned relay channel (relaykit {__version__}) for `{config['backbone']}`, "
-        f"adapter `{config['adapter']['name']}`, channel `{relay.channel.extra_repr()}`.\n\n"
-        f"```python\nimport relaykit\nrelay = relaykit.RelayModel.from_pretrained(backbone, {repo_id!r})\n```\n"
-    )
+    """The README.md text a save writes (huggingface_hub ModelCard), naming ``repo_id`` in its snippet."""
+    return str(relay_card(relay_config(relay), repo_id=repo_id))
 
 
 def push_relay(
@@ -218,15 +346,18 @@ def push_relay(
     *,
     private: bool | None = None,
     token: str | None = None,
-    commit_message: str = "Upload relay channel",
+    commit_message: str = "Upload relay",
     revision: str | None = None,
+    backbone: BackboneMode = "auto",
+    max_shard_size: int | str = "5GB",
 ) -> Any:
-    """Save the relay and a model card into a temporary folder and upload it with huggingface_hub."""
+    """Save the relay folder (model card included) into a temporary folder and upload it with huggingface_hub."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
-        save_relay(relay, tmp)
-        (Path(tmp) / "README.md").write_text(model_card(relay, repo_id))
+        folder = save_relay(
+            relay, Path(tmp) / "relay", backbone=backbone, max_shard_size=max_shard_size, repo_id=repo_id
+        )
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message, revision=revision)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -41,104 +41,26 @@ from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
-from relaykit.kvcache import cache_batch_size
+from relaykit.checks import check_state_type
+from relaykit.fingerprint import fingerprint
 from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import float_dtype_device
+from relaykit.slots import (
+    Call,
+    RelayOutput,
+    RelaySession,
+    Slot,
+    Update,
+    check_cache_batch,
+    check_update,
+    embedding_ids,
+)
 from relaykit.state import RelayState
 
-Update = Literal["masked", "all"]
+__all__ = ["CHANNEL_ATTR", "RelayCore", "RelayOutput", "RelaySession", "Update", "unwrap_relay"]
+
 CHANNEL_ATTR = "relay_channel"
 R = TypeVar("R", bound="RelayCore")
-
-
-@dataclass
-class RelayOutput:
-    """What a relay forward returns: logits (b, q, V), the new state, the raw backbone output, the positions."""
-
-    logits: Tensor
-    state: RelayState | None
-    output: Any
-    positions: Tensor | None = None
-
-
-@dataclass
-class _Slot:
-    """Where the hooks read and write h while it is active (one explicit call, or a whole session)."""
-
-    state: RelayState | None
-    update: Update
-    nfe: int = 0
-    last_positions: Tensor | None = None
-
-
-@dataclass
-class _Call:
-    """What the hooks learn about the forward in flight: its arguments, then the adapter's plan for it."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    ids: Tensor | None = None  # (b, q') the relay columns' ids
-    plan: CallPlan | None = None
-    end: int = 0  # one past the largest fed position
-
-
-def _embedding_ids(args: tuple[Any, ...]) -> Tensor:
-    """The token ids (b, q) the embedding module was called with."""
-    ids = args[0] if args else None
-    if not isinstance(ids, Tensor) or ids.dim() != 2:
-        raise TypeError(
-            f"relay expected the embedding to be called with token ids of shape (batch, length); got "
-            f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}"
-        )
-    return ids
-
-
-def _check_cache_batch(cache: Any, batch: int) -> None:
-    rows = cache_batch_size(cache)
-    if rows is not None and rows != batch:
-        raise ValueError(
-            f"the KV cache passed to this call holds {rows} rows but the input has {batch}: it comes from another "
-            f"batch; build the cache from this batch (or select its rows) before calling"
-        )
-
-
-def _check_update(update: str) -> Update:
-    if update not in ("masked", "all"):
-        raise ValueError(f"update must be 'masked' (default; required with KV caches) or 'all', got {update!r}")
-    return update  # type: ignore[return-value]
-
-
-class RelaySession:
-    """Handle returned by ``relay.session()``: the implicit state, the number of forwards (NFE), resets."""
-
-    def __init__(self, slot: _Slot) -> None:
-        self._slot = slot
-
-    @property
-    def state(self) -> RelayState | None:
-        return self._slot.state
-
-    @state.setter
-    def state(self, value: RelayState | None) -> None:
-        self._slot.state = value
-
-    @property
-    def nfe(self) -> int:
-        """Forward passes seen in this session (each backbone call counts once)."""
-        return self._slot.nfe
-
-    def reset(self, rows: Any = None) -> None:
-        """Forget h for some rows (all when None), e.g. when a loop starts a new prompt in a batch slot."""
-        if self._slot.state is not None:
-            self._slot.state = None if rows is None else self._slot.state.reset(rows)
-
-    def detach_state(self) -> None:
-        """Cut the autograd graph through h (end of a truncated-BPTT window)."""
-        if self._slot.state is not None:
-            self._slot.state = self._slot.state.detach()
-
-    def __repr__(self) -> str:
-        return f"RelaySession(nfe={self.nfe}, state={self.state!r})"
 
 
 class RelayCore(nn.Module):
@@ -162,15 +84,17 @@ class RelayCore(nn.Module):
         self.backbone = backbone
         self.adapter = adapter
         self.mask_token_id = int(mask_token_id)
-        self.update = _check_update(update)
+        self.update = check_update(update)
         # plain attributes (not submodules): the channel is registered once, on the backbone
         object.__setattr__(self, "_channel", channel)
-        self._slots: list[_Slot] = []
-        self._call: _Call | None = None
+        self._slots: list[Slot] = []
+        self._call: Call | None = None
         self._disabled = 0
         self._handles: list[RemovableHandle] = []
         self._attached = False
         self._binding: Binding = adapter.bind(backbone)
+        # what save_pretrained(backbone="auto") compares against: the backbone as it was handed to relaykit
+        self._backbone_reference = fingerprint(backbone, skip_prefix=CHANNEL_ATTR)
         self._register()
 
     @classmethod
@@ -256,7 +180,7 @@ class RelayCore(nn.Module):
             raise RuntimeError("this RelayModel was detached; attach again with relaykit.attach(backbone)")
 
     # ------------------------------------------------------------------ hooks (pure given the active slot)
-    def _active(self) -> _Slot | None:
+    def _active(self) -> Slot | None:
         if self._disabled or not self._slots:
             return None
         return self._slots[-1]
@@ -265,7 +189,7 @@ class RelayCore(nn.Module):
         slot = self._active()
         if slot is None:
             return None
-        self._call = _Call(args, kwargs)
+        self._call = Call(args, kwargs)
         return None
 
     def _on_call_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -281,14 +205,14 @@ class RelayCore(nn.Module):
                 "relay is active but the backbone was not called through its __call__ (the pre-hook on the "
                 "adapter's call module did not fire): call model(...) rather than model.forward(...)"
             )
-        fed = _embedding_ids(args)  # (b, q) as fed
+        fed = embedding_ids(args)  # (b, q) as fed
         plan = self.adapter.plan_call(self._binding, fed, call.args, call.kwargs, mask_token_id=self.mask_token_id)
         if slot.update == "all" and plan.uses_cache:
             raise ValueError(
                 "update='all' writes h at committed positions, which would make a KV cache stale; use "
                 "update='masked' (the default) whenever the backbone is called with a cache"
             )
-        _check_cache_batch(plan.cache, fed.shape[0])
+        check_cache_batch(plan.cache, fed.shape[0])
         columns = None if plan.columns is None else slice(*plan.columns.indices(fed.shape[1]))
         ids = fed if columns is None else fed[:, columns]  # (b, q'): e.g. the noisy half of [x_t ; x_0]
         positions, bare = plan.positions, plan.bare  # (b, q'), (b, q')
@@ -310,6 +234,7 @@ class RelayCore(nn.Module):
         use = (filled & ~bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists, never in a relay-free pass
         # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
         # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
+        hidden = hidden.masked_fill(~use, 0)  # unused positions never enter the channel's graph
         delta = self._channel(hidden).to(output.dtype)  # (b, q, e)
         if columns is None:
             return torch.where(use, output + delta, output)
@@ -382,13 +307,12 @@ class RelayCore(nn.Module):
         """
         self._require_attached()
         self._check_ids(input_ids)
-        if state is not None and not isinstance(state, RelayState):
-            raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
+        self._check_state(state)
         run = self.adapter.call_backbone
         if self._disabled:
             output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
             return RelayOutput(self.adapter.logits(output), state, output)
-        slot = _Slot(state=state, update=_check_update(update or self.update))
+        slot = Slot(state=state, update=check_update(update or self.update))
         self._slots.append(slot)
         try:
             output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
@@ -408,6 +332,29 @@ class RelayCore(nn.Module):
             raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one sequence")
+        vocab = self.adapter.vocab_size(self.backbone)
+        if input_ids.numel():
+            lo, hi = input_ids.aminmax()
+            lo_i, hi_i = int(lo), int(hi)
+            if lo_i < 0 or (vocab is not None and hi_i >= vocab):
+                raise ValueError(
+                    f"input_ids hold token ids {lo_i}..{hi_i} but the embedding has a vocabulary of {vocab} "
+                    f"(ids 0..{vocab - 1 if vocab is not None else '?'}); check the tokenizer against the model"
+                )
+
+    def _check_state(self, state: Any) -> None:
+        """TypeError unless a RelayState or None; ValueError when its width is not the channel's."""
+        check_state_type(state)
+        if state is None:
+            return
+        width = self._channel.config.hidden_size
+        if state.hidden_size != width:
+            raise ValueError(
+                f"the relay state has hidden width {state.hidden_size} but this relay's channel reads width {width} "
+                f"(the backbone's final hidden size); pass a state made by this model, or None"
+            )
 
     @contextlib.contextmanager
     def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:
@@ -416,9 +363,10 @@ class RelayCore(nn.Module):
         Leaving the block clears the state. Sessions do not nest.
         """
         self._require_attached()
+        self._check_state(state)
         if self._slots:
             raise RuntimeError("a relay session or call is already active on this model; sessions do not nest")
-        slot = _Slot(state=state, update=_check_update(update or self.update))
+        slot = Slot(state=state, update=check_update(update or self.update))
         self._slots.append(slot)
         try:
             yield RelaySession(slot)

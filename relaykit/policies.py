@@ -26,6 +26,12 @@ import torch
 from torch import Tensor
 
 
+def _positive_int(owner: str, name: str, value: object) -> None:
+    """Refuse anything but an int >= 1 (no silent rounding of 2.5 to 2, no True for 1)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{owner}.{name} must be an int >= 1, got {type(value).__name__} {value!r}")
+
+
 def _check(confidence: Tensor, candidates: Tensor) -> None:
     if confidence.shape != candidates.shape or candidates.dtype != torch.bool:
         raise ValueError(
@@ -78,10 +84,12 @@ class Threshold(Policy):
     max_per_step: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise ValueError(f"Threshold.threshold must be a number in [0, 1], got {type(self.threshold).__name__}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"Threshold.threshold must be in [0, 1], got {self.threshold}")
-        if self.max_per_step is not None and self.max_per_step < 1:
-            raise ValueError(f"Threshold.max_per_step must be >= 1, got {self.max_per_step}")
+        if self.max_per_step is not None:
+            _positive_int("Threshold", "max_per_step", self.max_per_step)
 
     def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
         _check(confidence, candidates)
@@ -99,8 +107,7 @@ class TopK(Policy):
     k: int = 1
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"TopK.k must be >= 1, got {self.k}")
+        _positive_int("TopK", "k", self.k)
 
     def __call__(self, confidence: Tensor, candidates: Tensor, generator: torch.Generator | None = None) -> Tensor:
         _check(confidence, candidates)
@@ -118,8 +125,12 @@ class RandomK(Policy):
     def __post_init__(self) -> None:
         if self.k is not None and self.fraction is not None:
             raise ValueError("RandomK takes k or fraction, not both")
-        if self.k is not None and self.k < 1:
-            raise ValueError(f"RandomK.k must be >= 1, got {self.k}")
+        if self.k is not None:
+            _positive_int("RandomK", "k", self.k)
+        if self.fraction is not None and (
+            isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float))
+        ):
+            raise ValueError(f"RandomK.fraction must be a number in (0, 1], got {type(self.fraction).__name__}")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"RandomK.fraction must be in (0, 1], got {self.fraction}")
 
@@ -139,8 +150,9 @@ class Oracle(Policy):
     """
 
     def __init__(self, order: Tensor, k: int = 1) -> None:
-        if k < 1:
-            raise ValueError(f"Oracle.k must be >= 1, got {k}")
+        _positive_int("Oracle", "k", k)
+        if not isinstance(order, Tensor):
+            raise TypeError(f"Oracle.order must be a (b, n) tensor, got {type(order).__name__}")
         self.order = order
         self.k = k
 

@@ -33,15 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from relaykit.checks import check_state_covers, positive_int, still_masked
+from relaykit.methods import INITS, InitKind
 from relaykit.model import RelayCore, unwrap_relay
 from relaykit.policies import Policy, as_policy, commit_step, random_per_row
-from relaykit.shift import align_logits, gather_aligned
+from relaykit.shift import align_logits, check_first_unmasked, gather_aligned
 from relaykit.state import RelayState
 
 LossKind = Literal["mean", "llada"]
-InitKind = Literal["full", "random"]
 _LOSSES = ("mean", "llada")
-_INITS = ("full", "random")
 
 
 @dataclass
@@ -109,7 +109,7 @@ def initial_z(
     if init == "full":
         return x0.masked_fill(maskable, mask_token_id)
     if init != "random":
-        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     total = maskable.sum(-1)  # (b,)
     t = torch.rand(total.shape, generator=generator, device=x0.device)  # (b,)
     count = torch.ceil(t * total).long().clamp(min=1)  # (b,)
@@ -145,6 +145,8 @@ def check_batch(
             f"row(s) {empty} of the batch have no maskable position, so there is nothing to predict; every sample "
             f"needs at least one maskable position (drop such samples from the data)"
         )
+    if x0.shape[0] == 0 or x0.shape[1] == 0:
+        raise ValueError(f"x0 is empty (shape {tuple(x0.shape)}); a rollout needs at least one row and one position")
     vocab = relay.adapter.vocab_size(relay.backbone)
     lo, hi = int(x0.min()), int(x0.max())
     if lo < 0 or (vocab is not None and hi >= vocab):
@@ -153,21 +155,16 @@ def check_batch(
             f"check the tokenizer / data against the model"
         )
     mask = relay.mask_token_id
-    if bool(((x0 == mask) & maskable).any()):
+    if bool(still_masked(x0, mask, maskable).any()):
         raise ValueError(
             f"x0 contains the mask token id {mask} at a maskable position; the ground truth must be a real token "
             f"there (teacher forcing would write a mask and the sample would never finish)"
         )
-    shift = relay.adapter.token_shift
-    if shift and bool(maskable[:, :shift].any()):
-        raise ValueError(
-            f"the adapter has token_shift={shift}: the first {shift} position(s) have no prediction and cannot be "
-            f"maskable; keep a prompt / BOS token there"
-        )
+    check_first_unmasked(maskable, relay.adapter.token_shift, what="maskable")
     if z is not None:
         if not isinstance(z, Tensor) or z.shape != x0.shape:
             raise ValueError(f"z must have the shape of x0 {tuple(x0.shape)}; got {_describe(z)}")
-        wrong = (z != x0) & ~((z == mask) & maskable)
+        wrong = (z != x0) & ~still_masked(z, mask, maskable)
         if bool(wrong.any()):
             rows = wrong.any(-1).nonzero().flatten().tolist()
             raise ValueError(
@@ -175,14 +172,8 @@ def check_batch(
                 f"equal to x0; was z built for another batch?"
             )
     if state is not None:
-        if not isinstance(state, RelayState):
-            raise TypeError(f"state must be a RelayState or None, got {type(state).__name__}")
-        if state.batch_size != x0.shape[0] or state.offset != 0 or state.end > x0.shape[1]:
-            raise ValueError(
-                f"the relay state covers {state.batch_size} rows at positions {state.offset}..{state.end - 1}, but "
-                f"this batch has {x0.shape[0]} rows of length {x0.shape[1]}; pass the state returned for this batch "
-                f"(RolloutResult.state) or state=None to start from h = 0"
-            )
+        hint = "pass the state returned for this batch (RolloutResult.state) or state=None to start from h = 0"
+        check_state_covers(state, x0.shape[0], x0.shape[1], what="this batch", exact=False, hint=hint)
         if z is None:
             raise ValueError(
                 "a state was given without z; a state belongs to a partially unmasked batch: pass the z it was "
@@ -270,12 +261,11 @@ def bptt_rollout(
         torch.Size([2, 4])
     """
     core = unwrap_relay(relay)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k (denoising steps per window) must be an int >= 1, got {k!r}")
+    positive_int(k, name="k (denoising steps per window)")
     if loss not in _LOSSES:
         raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
-    if init not in _INITS:
-        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     policy = as_policy(policy)
     check_batch(core, x0, maskable, z=z, state=state)
     mask, shift = core.mask_token_id, core.adapter.token_shift
@@ -284,7 +274,7 @@ def bptt_rollout(
     if "clean_ids" not in kwargs and core.adapter.clean_layout(core.backbone):
         kwargs["clean_ids"] = x0  # block diffusion (BD3-LM, Fast-dLLM v2): train on [z ; x0], relay on z only
     z = initial_z(x0, maskable, mask, init=init, generator=generator) if z is None else z.long()
-    if not bool(((z == mask) & maskable).any()):
+    if not bool(still_masked(z, mask, maskable).any()):
         raise ValueError(
             "nothing is masked in this batch (every row is fully unmasked), so there is nothing to train on; "
             "start new samples (z=None) or let relaykit.PersistentRollout replace finished rows"
@@ -292,7 +282,7 @@ def bptt_rollout(
 
     numerators, denominators, committed, masked_counts, correct = [], [], [], [], []
     for step in range(k):
-        masked = (z == mask) & maskable  # (b, n) positions that carry loss at this step
+        masked = still_masked(z, mask, maskable)  # (b, n) positions that carry loss at this step
         if relay_enabled:
             out = relay(z, state=state, **kwargs)
             state = out.state
@@ -328,5 +318,5 @@ def bptt_rollout(
         correct=torch.stack(correct),
         z=z,
         state=state.detach() if state is not None else None,
-        finished=~((z == mask) & maskable).any(-1),
+        finished=~still_masked(z, mask, maskable).any(-1),
     )

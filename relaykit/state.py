@@ -19,8 +19,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,6 +80,19 @@ class RelayState:
         hidden = torch.zeros(batch, length, hidden_size, dtype=dtype, device=device)
         filled = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
         return cls(hidden, filled, offset)
+
+    # ------------------------------------------------------------------ checkpoints
+    def to_dict(self) -> dict[str, Tensor | int]:
+        """``{"hidden", "filled", "offset"}``, detached copies: what a training checkpoint stores."""
+        return {"hidden": self.hidden.detach().clone(), "filled": self.filled.detach().clone(), "offset": self.offset}
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any], *, device: torch.device | str | None = None) -> RelayState:
+        """The state :meth:`to_dict` wrote, on ``device`` (default: where it was saved)."""
+        missing = [k for k in ("hidden", "filled", "offset") if k not in saved]
+        if missing:
+            raise ValueError(f"a saved RelayState needs 'hidden', 'filled' and 'offset'; {missing} missing")
+        return cls(saved["hidden"].to(device), saved["filled"].to(device), int(saved["offset"]))
 
     # ------------------------------------------------------------------ properties
     @property

@@ -140,3 +140,16 @@ def test_contract7_round_trip_rebuilds_the_family_adapter(family: Family, tmp_pa
             relay(ids, state=a.state, **family.call_kwargs(2)).logits,
             loaded(ids, state=b.state, **family.call_kwargs(2)).logits,
         )
+
+
+def test_family_and_generic_adapters_read_the_same_config_mask_id() -> None:
+    from relaykit.adapters import get_adapter
+    from relaykit.testing.twins.llada import tiny_llada
+
+    model = tiny_llada()
+    for name in ("mask_token_id", "mask_index"):
+        if hasattr(model.config, name):
+            delattr(model.config, name)
+    model.config.mask_id = 5
+    assert get_adapter("llada").mask_token_id(model) == 5
+    assert get_adapter("generic").mask_token_id(model) == 5

@@ -1,5 +1,5 @@
 """relaykit.generate drives each family through its adapter's decode_kwargs (the loop checks every call's
-positions against the adapter's call_positions, so a disagreement raises)."""
+positions against the adapter's plan_call, so a disagreement raises)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,12 @@ def test_mdlm_generate_and_bd3lm_refusal() -> None:
         relaykit.generate(relay, torch.randint(0, 46, (2, 4)), max_new_tokens=4, block_size=4, use_cache="prefix")
     with pytest.raises(ValueError, match="does not drive BD3-LM"):
         relaykit.generate(relaykit.attach(tiny_bd3lm()), torch.randint(0, 46, (1, 4)), max_new_tokens=4)
+
+
+def test_llada_refuses_block_causal_decoding() -> None:
+    from relaykit.testing.twins.llada import tiny_llada
+
+    relay = relaykit.attach(tiny_llada())
+    prompt = torch.randint(0, 20, (1, 4))
+    with pytest.raises(ValueError, match="cannot decode with attention='block_causal'"):
+        relaykit.generate(relay, prompt, max_new_tokens=4, block_size=2, attention="block_causal")

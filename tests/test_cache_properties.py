@@ -1,4 +1,4 @@
-"""Stateful property tests of the cache contracts (design.md 2-5) over decoding trajectories hypothesis chooses.
+"""Stateful property tests of the cache contracts 2-5 (docs/design.md) over decoding trajectories hypothesis picks.
 
 A machine decodes one canvas block by block with a cached runner (the one ``relaykit.generate`` uses) and, for
 the exact mode, a recomputing runner side by side. Hypothesis chooses the shape (batch, prompt, block size,
@@ -30,7 +30,7 @@ from tiny import tiny_qwen2
 
 import relaykit
 from relaykit.adapters import GenericAdapter
-from relaykit.blockrun import RUNNERS, Recompute
+from relaykit.blockrun import Recompute, runner_for
 from relaykit.kvcache import DecodeCall
 from relaykit.testing.twins.fast_dllm_v2 import tiny_fast_dllm_v2
 from relaykit.testing.twins.llada import tiny_llada
@@ -103,7 +103,7 @@ class CacheMachine(RuleBasedStateMachine):
         self.blocks = [(s, s + self.size) for s in range(prompt, self.total, self.size)]
         self.segments = tuple(([(0, prompt)] if prompt else []) + self.blocks)
         common = dict(attention=self.attention, segments=self.segments, batch=self.batch, block_size=self.size)
-        self.cached = RUNNERS[self.mode](self.relay, **common)
+        self.cached = runner_for(self.mode, self.attention)(self.relay, **common)
         self.exact = self.cached.exact
         self.ref = Recompute(self.relay, **common) if self.exact else None
         with torch.no_grad():
@@ -149,7 +149,7 @@ class CacheMachine(RuleBasedStateMachine):
     def _check_cache_is_bare(self, stop: int, positions: Any) -> None:
         """Contract 4: the cached keys and values at ``positions`` equal the bare backbone's."""
         idx = torch.as_tensor(list(positions), dtype=torch.long)
-        for (k, v), (rk, rv) in zip(_kv(self.cached.cache), self._bare_reference(stop)):
+        for (k, v), (rk, rv) in zip(_kv(self.cached.view.cache), self._bare_reference(stop)):
             torch.testing.assert_close(k[:, :, idx], rk[:, :, idx], **TOL)
             torch.testing.assert_close(v[:, :, idx], rv[:, :, idx], **TOL)
 
@@ -180,7 +180,9 @@ class CacheMachine(RuleBasedStateMachine):
         focus = self._focus()
         before = self.state
         masked_before = self.x == MASK  # (b, T)
-        refresh = self.mode in ("prefix", "dual") and self.attention == "bidirectional" and not self.cached.refreshed
+        refresh = (
+            self.mode in ("prefix", "dual") and self.attention == "bidirectional" and not self.cached.view.refreshed
+        )
         with torch.no_grad():
             logits, self.state = self.cached.step(self.x, self.block, focus, before)
             if self.ref is not None:
@@ -196,7 +198,7 @@ class CacheMachine(RuleBasedStateMachine):
             if kept:
                 self._check_cache_is_bare(self.total, kept)
         # contract 2: h changed only at fed, still-masked positions; every fed masked position now holds one
-        lo, hi = self.cached.last_fed
+        lo, hi = self.cached.view.fed
         new_h, new_f, off = self._as_canvas(self.state)
         old_h, old_f, old_off = self._as_canvas(before)
         n = new_h.shape[1]
@@ -237,7 +239,7 @@ class CacheMachine(RuleBasedStateMachine):
         with torch.no_grad():
             self.cached.end(self.x, self.block, last=False)
         if self.attention == "block_causal":  # contract 4: the commit pass stored the bare keys and values
-            assert self.cached.cache is not None
+            assert self.cached.view.cache is not None
             self._check_cache_is_bare(e, range(e))
             self.frozen = {k: h for k, h in self.frozen.items() if k[1] >= e}  # the window moves on
         self.block = None
@@ -257,7 +259,7 @@ class CacheMachine(RuleBasedStateMachine):
     def cache_holds_only_committed_context(self) -> None:
         if self.cached is None or self.attention != "block_causal":
             return
-        held = relaykit.kvcache.cache_length(self.cached.cache)
+        held = relaykit.kvcache.cache_length(self.cached.view.cache)
         if self.block is None:
             done = self.blocks[self.next_block - 1][1] if self.next_block else self.prompt
             assert held == done

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny import TinyMDM, tiny_llama_bidirectional, tiny_qwen2
+from tiny import MASK_ID, TinyMDM, tiny_llama_bidirectional, tiny_qwen2
 
 import relaykit
 from relaykit.adapters import GenericAdapter
@@ -236,9 +236,9 @@ def test_initial_state_must_cover_the_canvas(mdm):
     state = relaykit.RelayState.zeros(2, 12, 16)
     res = relaykit.generate(mdm, _prompt(2, 4), max_new_tokens=8, state=state)
     assert res.sequences.shape == (2, 12)
-    with pytest.raises(ValueError, match=r"covers positions 0\.\.9 but the canvas is positions 0\.\.11"):
+    with pytest.raises(ValueError, match=r"covers 2 rows at positions 0\.\.9, but the canvas has 2 rows of length 12"):
         relaykit.generate(mdm, _prompt(2, 4), max_new_tokens=8, state=relaykit.RelayState.zeros(2, 10, 16))
-    with pytest.raises(ValueError, match="batch of 3 rows but input_ids has 2"):
+    with pytest.raises(ValueError, match=r"covers 3 rows at positions 0\.\.11, but the canvas has 2 rows of length 12"):
         relaykit.generate(mdm, _prompt(2, 4), max_new_tokens=8, state=relaykit.RelayState.zeros(3, 12, 16))
 
 
@@ -355,3 +355,41 @@ def test_an_adapter_without_a_cache_mode_is_refused(mdm):
     relay = relaykit.attach(TinyMDM(max_len=64), adapter=NoDual("encoder.tok_emb", "encoder.norm"), mask_token_id=31)
     with pytest.raises(ValueError, match=r"does not support use_cache='dual'; it supports \['prefix'\]"):
         relaykit.generate(relay, _prompt(1, 4), max_new_tokens=8, block_size=4, use_cache="dual")
+
+
+def test_prompt_cache_without_tail_is_refused_under_token_shift() -> None:
+    import dataclasses
+
+    from tiny import tiny_qwen2
+
+    from relaykit.adapters import GenericAdapter
+    from relaykit.policies import TopK
+
+    relay = relaykit.attach(tiny_qwen2(), GenericAdapter(token_shift=1))
+    kw = dict(block_size=4, attention="block_causal", policy=TopK(1), use_cache=True)
+    prompt = torch.randint(0, 40, (1, 4), generator=torch.Generator().manual_seed(0))
+    first = relaykit.generate(relay, prompt, max_new_tokens=4, return_cache=True, **kw)
+    assert first.cache is not None and first.cache.tail is not None
+    tailless = dataclasses.replace(first.cache, tail=None)
+    with pytest.raises(ValueError, match="PromptCache needs its tail"):
+        relaykit.generate(relay, first.sequences, max_new_tokens=4, cache=tailless, **kw)
+
+
+def test_generate_takes_wrappers_and_callable_policies_like_bptt_rollout() -> None:
+    class Wrapper(torch.nn.Module):  # the shape of DDP / FSDP wrappers: the model under .module
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    relay = relaykit.attach(TinyMDM(), embedding="encoder.tok_emb", final_hidden="encoder.norm", mask_token_id=MASK_ID)
+
+    def first_candidate(confidence: torch.Tensor, candidates: torch.Tensor, generator: object = None) -> torch.Tensor:
+        return candidates & (candidates.cumsum(-1) == 1)  # leftmost masked position
+
+    prompt = torch.randint(0, 30, (2, 3))
+    res = relaykit.generate(Wrapper(relay), prompt, max_new_tokens=4, policy=first_candidate, return_trajectory=True)
+    assert res.steps.tolist() == [4, 4] and res.order[0, 3:].tolist() == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match="policy must be a relaykit.policies.Policy"):
+        relaykit.generate(relay, prompt, max_new_tokens=4, policy=0.9)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"generate\(\) expects a RelayModel"):
+        relaykit.generate(TinyMDM(), prompt, max_new_tokens=4)  # type: ignore[arg-type]

@@ -63,13 +63,13 @@ def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
     return False
 
 
-def test_no_import_cycle_counting_function_local_imports() -> None:
+def test_contract11_no_import_cycle_counting_function_local_imports() -> None:
     graph = _graph()
     cycles = [(a, b) for a, deps in graph.items() for b in deps if a not in ("relaykit",) and _reaches(graph, b, a)]
     assert not cycles, f"import cycles through these edges: {sorted(cycles)}"
 
 
-def test_layering_model_below_persistence_below_attach() -> None:
+def test_contract11_layering_model_below_persistence_below_attach() -> None:
     graph = _graph()
     assert not _reaches(graph, "relaykit.model", "relaykit.io"), "model.py must not import persistence"
     assert not _reaches(graph, "relaykit.io", "relaykit.attach"), "persistence must not import attach"

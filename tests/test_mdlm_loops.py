@@ -15,6 +15,7 @@ from families import randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from recorder import Recorder, check_committed_frozen, check_locality
+from tiny import MASK_ID, TinyMDM
 
 import relaykit
 from relaykit import RelayState
@@ -276,7 +277,7 @@ def test_bd3lm_training_layout_relays_the_noisy_half_only() -> None:
         relaykit.attach(tiny_dit())(z, clean_ids=x0)
 
 
-def test_one_adapter_object_serves_two_models_and_keeps_no_state() -> None:
+def test_contract9_one_adapter_object_serves_two_models_and_keeps_no_state() -> None:
     """Per-attachment facts live in the Binding that bind() returns, not on the adapter (BD3-LM's block layout)."""
     adapter = MDLMAdapter()
     before = dict(vars(adapter))
@@ -289,3 +290,26 @@ def test_one_adapter_object_serves_two_models_and_keeps_no_state() -> None:
     out_dit = relay_dit(z)  # the whole sequence
     assert out_bd3.positions.tolist() == out_dit.positions.tolist() == [list(range(16))] * 2
     assert relay_bd3.adapter is relay_dit.adapter is adapter and vars(adapter) == before
+
+
+def test_bd3lm_module_cache_refuses_update_all() -> None:
+    model = tiny_bd3lm()
+    relay = relaykit.attach(model, update="all")
+    assert relay.adapter.name == "mdlm"
+    with torch.no_grad(), relay.session(), pytest.raises(ValueError, match="update='all' writes h"):
+        bd3_sample(model, kv_cache=True, relay=relay)
+    for block in model.backbone.blocks:
+        block.kv_cache = None  # drop the module-held cache, as the sampler's caller does
+    with torch.no_grad(), relay.session():
+        bd3_sample(model, kv_cache=False, relay=relay)  # cache-free sampling may use update='all'
+
+
+def test_ddpm_cache_reuse_is_refused_between_explicit_calls() -> None:
+    relay = relaykit.attach(TinyMDM(), embedding="encoder.tok_emb", final_hidden="encoder.norm", mask_token_id=MASK_ID)
+    x = torch.full((1, 4), MASK_ID)
+    relay(x)  # explicit-state sampler: between calls no call or session is open
+    assert not ddpm_cache_valid(x, x.clone(), relay=relay)
+    with relay.disabled():
+        assert ddpm_cache_valid(x, x.clone(), relay=relay)
+    relay.detach()
+    assert ddpm_cache_valid(x, x.clone(), relay=relay) and not ddpm_cache_valid(x, x + 1, relay=relay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from pathlib import Path
@@ -26,8 +27,10 @@ def namespace() -> dict[str, Any]:
     x0 = torch.randint(0, MASK_ID, (4, 16))
     maskable = torch.ones(4, 16, dtype=torch.bool)
     maskable[:, :2] = False
+    model = TinyMDM()
     return {
-        "model": TinyMDM(),
+        "model": model,
+        "fresh_model": copy.deepcopy(model),  # a second copy of the original backbone
         "MASK": MASK_ID,
         "input_ids": ids,
         "next_input_ids": ids.clone(),
@@ -50,8 +53,16 @@ def test_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_training_snippet_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     ns = namespace()
+    assert all(torch.equal(a, b) for a, b in zip(ns["model"].parameters(), ns["fresh_model"].parameters()))
     exec(compile(snippet("training"), "README training", "exec"), ns)
     assert torch.isfinite(ns["res"].loss) and (tmp_path / "driver.pt").is_file()
+    assert (tmp_path / "my-relay" / "model.safetensors").is_file()  # the trained backbone was saved
+    ids = torch.full((2, 8), MASK_ID)
+    with torch.no_grad():
+        for relay in (ns["relay"], ns["restored"]):
+            relay.eval()
+        a, b = ns["relay"](ids), ns["restored"](ids)
+        assert torch.equal(ns["relay"](ids, state=a.state).logits, ns["restored"](ids, state=b.state).logits)
 
 
 def test_family_snippet_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:

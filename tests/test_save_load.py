@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from backbones import BACKBONES, Backbone
-from tiny import TinyMDM
+from tiny import MASK_ID, TinyMDM
 
 import relaykit
 from relaykit import RelayModel
-from relaykit.io import CONFIG_NAME, WEIGHTS_NAME
+from relaykit.io import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 
 def trained_relay(bb: Backbone, **options: object) -> RelayModel:
@@ -31,12 +31,16 @@ def trained_relay(bb: Backbone, **options: object) -> RelayModel:
 @pytest.mark.parametrize("bb", BACKBONES, ids=repr)
 def test_round_trip_is_exact(bb: Backbone, kind: str, tmp_path: Path) -> None:
     relay = trained_relay(bb, kind=kind, norm="rmsnorm")
-    relay.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temp files left
-    config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert config["format_version"] == 1 and config["relaykit_version"] == relaykit.__version__
+    folder = tmp_path / "relay"
+    relay.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]  # backbone unchanged
+    assert [p.name for p in tmp_path.iterdir()] == ["relay"]  # no staging folder left beside it
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    assert config["format_version"] == 2 and config["relaykit_version"] == relaykit.__version__
+    assert config["backbone_weights"] is None and config["files"] == [CARD_NAME, CONFIG_NAME, WEIGHTS_NAME]
     assert config["adapter"]["name"] == "generic" and config["channel"]["kind"] == kind
-    loaded = RelayModel.from_pretrained(bb.build(), tmp_path)
+    loaded = RelayModel.from_pretrained(bb.build(), folder)
+    assert loaded.config == relay.config
     assert loaded.channel.config == relay.channel.config and loaded.mask_token_id == relay.mask_token_id
     for (k1, v1), (k2, v2) in zip(relay.channel.state_dict().items(), loaded.channel.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
@@ -74,23 +78,6 @@ def test_torn_save_is_detected(tmp_path: Path) -> None:
         RelayModel.from_pretrained(bb.build(), tmp_path)
 
 
-def test_interrupted_save_keeps_the_previous_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bb = BACKBONES[0]
-    relay = trained_relay(bb)
-    relay.save_pretrained(tmp_path)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-
-    def boom(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("relaykit.io.save_file", boom)
-    with torch.no_grad():
-        relay.channel.proj.weight.add_(1)
-    with pytest.raises(KeyboardInterrupt):
-        relay.save_pretrained(tmp_path)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-
-
 def _hub_cache(cache: Path, repo_id: str, folder: Path) -> str:
     """Lay out ``folder`` as huggingface_hub's cache does: blobs by sha256, snapshots/<commit>/ links, refs/main."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -122,11 +109,33 @@ def test_from_pretrained_resolves_hub_id_offline(tmp_path: Path) -> None:
         RelayModel.from_pretrained(bb.build(), "someone/not-cached", cache_dir=tmp_path / "cache")
 
 
-def test_push_to_hub_writes_card_and_fails_clearly_offline(tmp_path: Path) -> None:
-    from relaykit.io import model_card
-
+def test_push_to_hub_fails_clearly_offline() -> None:
     relay = trained_relay(BACKBONES[0])
-    card = model_card(relay, "me/relay")
-    assert "library_name: relaykit" in card and "from_pretrained" in card and "me/relay" in card
     with pytest.raises(Exception, match="(?i)offline"):
         relay.push_to_hub("me/relay")
+
+
+class Opaque(torch.nn.Module):
+    """A custom MDM whose final hidden module's width cannot be read (a TransformerEncoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TinyMDM()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        enc = self.inner.encoder
+        return enc.head(enc.blocks(enc.tok_emb(ids)))
+
+
+def test_explicit_hidden_size_round_trips_and_is_checked(tmp_path: Path) -> None:
+    paths = {"embedding": "inner.encoder.tok_emb", "final_hidden": "inner.encoder.blocks", "mask_token_id": MASK_ID}
+    with pytest.raises(TypeError, match="pass hidden_size"):
+        relaykit.attach(Opaque(), **paths)
+    relay = relaykit.attach(Opaque(), hidden_size=16, **paths)
+    torch.nn.init.normal_(relay.channel.proj.weight)
+    relay.save_pretrained(tmp_path)
+    loaded = RelayModel.from_pretrained(Opaque(), tmp_path)
+    assert torch.equal(loaded.channel.proj.weight, relay.channel.proj.weight)
+    with pytest.raises(ValueError, match="hidden_size=24 but the backbone's final hidden state has width 16"):
+        relaykit.attach(TinyMDM(), embedding="encoder.tok_emb", final_hidden="encoder.norm", hidden_size=24,
+                        mask_token_id=MASK_ID)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,3 +51,13 @@ def test_gradients_flow_through_writes_and_stop_at_detach() -> None:
     s.hidden.sum().backward()
     assert values.grad is not None and torch.equal(values.grad, torch.ones(1, 2, 3))
     assert not s.detach().hidden.requires_grad
+
+
+def test_select_accepts_a_bool_row_mask() -> None:
+    s = RelayState(torch.arange(3.0).view(3, 1, 1).expand(3, 2, 1).clone(), torch.ones(3, 2, dtype=torch.bool))
+    assert s.select(torch.tensor([True, False, True])).hidden[:, 0, 0].tolist() == [0.0, 2.0]
+    assert s.select([2]).hidden[:, 0, 0].tolist() == [2.0]
+    with pytest.raises(ValueError, match=r"bool row mask must have shape \(3,\)"):
+        s.select(torch.tensor([True, False]))
+    with pytest.raises(IndexError, match=r"rows \[3\] are outside the batch of 3"):
+        s.select([3])

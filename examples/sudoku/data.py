@@ -16,7 +16,10 @@ Example::
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +60,13 @@ class PuzzleSet:
         """Row masks of the reported subsets: ``all``, ``deducible`` (singles suffice) and ``search`` (they do not)."""
         return {"all": np.ones(len(self), dtype=bool), "deducible": self.deducible, "search": ~self.deducible}
 
+    def digest(self) -> str:
+        """SHA-256 of the puzzles and solutions: identifies the content (evaluation caches are keyed by it)."""
+        h = hashlib.sha256()
+        for array in (self.puzzles, self.solutions):
+            h.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
     def take(self, n: int) -> PuzzleSet:
         return PuzzleSet(self.puzzles[:n], self.solutions[:n], self.deducible[:n], self.source)
 
@@ -92,11 +102,18 @@ def generate(n: int, *, givens: int | tuple[int, int], seed: int, progress: bool
 
 
 def cached(path: Path, n: int, *, givens: int | tuple[int, int], seed: int, progress: bool = True) -> PuzzleSet:
-    """Load ``path`` if it holds at least ``n`` puzzles, else generate them and save them there."""
+    """Load ``path`` if it holds at least ``n`` puzzles, else generate them and save them there.
+
+    A damaged cache file (e.g. truncated by a full disk) is reported and generated again.
+    """
     if path.exists():
-        found = PuzzleSet.load(path, source="generated")
-        if len(found) >= n:
-            return found.take(n)
+        try:
+            found = PuzzleSet.load(path, source="generated")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            warnings.warn(f"{path}: damaged puzzle cache ({type(e).__name__}: {e}); generating it again", stacklevel=2)
+        else:
+            if len(found) >= n:
+                return found.take(n)
     made = generate(n, givens=givens, seed=seed, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     made.save(path)
@@ -121,39 +138,62 @@ def _parse(text: str, blank: str, *, what: str) -> list[int]:
 def load_csv(path: str | Path, *, limit: int | None = None) -> PuzzleSet:
     """Read a Sudoku-Extreme (question/answer, '.') or Kaggle (quizzes/solutions, '0') CSV file.
 
-    Rows without a solution column value are solved here (and must have exactly one solution).
+    Rows without a solution column value are solved here (and must have exactly one solution). A UTF-8 byte-order
+    mark is accepted; complete grids (no blank: nothing to solve) are skipped with a warning. Every error names the
+    file and the line.
     """
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        layout = next((name for name, cols in LAYOUTS.items() if cols[0] in header), None)
-        if layout is None:
-            raise ValueError(
-                f"{path}: unknown CSV layout with columns {header}; expected 'question,answer' (Sudoku-Extreme, "
-                f"'.' blanks) or 'quizzes,solutions' (Kaggle, '0' blanks)"
-            )
-        qcol, acol = LAYOUTS[layout]
-        blank = "." if layout == "sudoku-extreme" else "0"
-        puzzles, solutions = [], []
-        for line, row in enumerate(reader, start=2):
-            if limit is not None and len(puzzles) >= limit:
-                break
-            p = _parse(row[qcol], blank, what=f"{path}:{line} {qcol}")
-            answer = (row.get(acol) or "").strip()
-            if answer:
-                s = _parse(answer, blank, what=f"{path}:{line} {acol}")
-            else:
-                found = solve(p, limit=2)
-                if len(found) != 1:
-                    raise ValueError(f"{path}:{line}: no {acol} given and the puzzle has {len(found)} solutions")
-                s = found[0]
-            if not is_legal(s) or any(a and a != b for a, b in zip(p, s)) or 0 in s:
-                raise ValueError(f"{path}:{line}: the {acol} is not a legal completion of the {qcol}")
-            puzzles.append(p)
-            solutions.append(s)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return _read_csv(path, csv.DictReader(f), limit)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e}); expected a CSV file of puzzles") from e
+    except csv.Error as e:
+        raise ValueError(f"{path}: malformed CSV ({e})") from e
+
+
+def _read_csv(path: Path, reader: csv.DictReader, limit: int | None) -> PuzzleSet:
+    header = reader.fieldnames or []
+    layout = next((name for name, cols in LAYOUTS.items() if cols[0] in header), None)
+    if layout is None:
+        raise ValueError(
+            f"{path}: unknown CSV layout with columns {header}; expected 'question,answer' (Sudoku-Extreme, "
+            f"'.' blanks) or 'quizzes,solutions' (Kaggle, '0' blanks)"
+        )
+    qcol, acol = LAYOUTS[layout]
+    blank = "." if layout == "sudoku-extreme" else "0"
+    puzzles, solutions, complete = [], [], []
+    for row in reader:
+        line = reader.line_num
+        if limit is not None and len(puzzles) >= limit:
+            break
+        if None in row.values() or None in row:  # DictReader fills a short row with None, keeps extras under None
+            fewer = "fewer" if None in row.values() else "more"
+            raise ValueError(f"{path}:{line}: the row has {fewer} fields than the header's {len(header)} ({header})")
+        p = _parse(row[qcol], blank, what=f"{path}:{line} {qcol}")
+        if 0 not in p:
+            complete.append(line)
+            continue
+        answer = (row.get(acol) or "").strip()
+        if answer:
+            s = _parse(answer, blank, what=f"{path}:{line} {acol}")
+        else:
+            found = solve(p, limit=2)
+            if len(found) != 1:
+                raise ValueError(f"{path}:{line}: no {acol} given and the puzzle has {len(found)} solutions")
+            s = found[0]
+        if not is_legal(s) or any(a and a != b for a, b in zip(p, s)) or 0 in s:
+            raise ValueError(f"{path}:{line}: the {acol} is not a legal completion of the {qcol}")
+        puzzles.append(p)
+        solutions.append(s)
+    if complete:
+        warnings.warn(
+            f"{path}: skipped {len(complete)} complete grid(s) with no blank cell, nothing to solve (line(s) "
+            f"{complete[:5]}{' ...' if len(complete) > 5 else ''})",
+            stacklevel=3,
+        )
     if not puzzles:
-        raise ValueError(f"{path}: no puzzles found")
+        raise ValueError(f"{path}: no puzzles with a blank cell found")
     puz = np.array(puzzles, dtype=np.int64)
     return PuzzleSet(puz, np.array(solutions, dtype=np.int64), np.array([deducible(p) for p in puzzles]), layout)
 

@@ -47,6 +47,15 @@ def decode(
     return res.sequences, res.nfe.cpu(), legal_steps.cpu(), checked.cpu()
 
 
+def cache_key(data: PuzzleSet, thresholds: tuple[float, ...], *, source: str) -> str:
+    """The folder name of an evaluation cache: source name, size, a digest of the puzzles and the thresholds.
+
+    Keyed by content, so another file with the same name never reuses the old results.
+    """
+    taus = "_".join(f"{t:g}" for t in thresholds)
+    return f"{source}-{len(data)}-{data.digest()[:12]}-tau{taus}"
+
+
 def evaluate(
     relay: relaykit.RelayModel,
     data: PuzzleSet,
@@ -61,6 +70,12 @@ def evaluate(
     """Rows of results.json for one model: one per threshold x subset (``all``, ``deducible``, ``search``)."""
     from tqdm.auto import tqdm
 
+    complete = np.flatnonzero((data.puzzles != 0).all(-1))
+    if complete.size:
+        raise ValueError(
+            f"{data.source}: puzzle(s) {complete[:5].tolist()} have no blank cell: nothing to decode (accuracy and "
+            f"NFE would be meaningless); drop them from the evaluation set"
+        )
     rows = []
     puzzles = torch.from_numpy(data.puzzles)
     solutions = torch.from_numpy(data.solutions)

@@ -25,7 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the `sudoku` package impo
 import torch  # noqa: E402
 
 from sudoku import data as sdata  # noqa: E402
-from sudoku.evaluate import evaluate  # noqa: E402
+from sudoku import store  # noqa: E402
+from sudoku.evaluate import cache_key, evaluate  # noqa: E402
 from sudoku.presets import METHODS, PRESETS, Preset  # noqa: E402
 from sudoku.report import pareto, table, write_json  # noqa: E402
 from sudoku.train import load_trained, train  # noqa: E402
@@ -52,16 +53,19 @@ def check_config(out: Path, preset: Preset, seed: int) -> None:
     """Refuse to resume a folder trained with other settings (its checkpoints would not match)."""
     training = {k: v for k, v in preset.to_dict().items() if k not in EVAL_ONLY}
     config = {"preset": training, "seed": seed}
+    store.check_run_folder(out)
     path = out / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = store.read_json(path, what="the settings this folder was trained with")
+        except ValueError as e:
+            raise SystemExit(str(e)) from e
         if old != json.loads(json.dumps(config)):
             raise SystemExit(
                 f"{out} holds a run with other settings ({path}); pass a new --out, or delete the folder to restart"
             )
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1))
+        store.write_json(path, config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         source = "generated"
     gen_s = time.perf_counter() - t0
-    taus = "_".join(f"{t:g}" for t in preset.thresholds)
-    eval_dir = out / "eval" / f"{source}-{len(evalset)}-tau{taus}"  # cached rows per evaluation setting
+    eval_dir = out / "eval" / cache_key(evalset, preset.thresholds, source=source)  # cached rows per setting
     print(
         f"data: {len(pool)} training puzzles (x random symmetries), {len(evalset)} evaluation puzzles "
         f"({evalset.source}; {int(evalset.deducible.sum())} deducible by singles, "
@@ -111,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = [(method, False)] + ([(ABLATIONS[method], True)] if method in ABLATIONS else [])
         for name, zero_h in variants:
             cache = eval_dir / f"{name}.json"
-            if cache.exists():
-                found = json.loads(cache.read_text())
-            else:
+            found = store.read_cache(cache, what=f"cached evaluation of {name}")
+            if found is None:
                 found = evaluate(
                     relay,
                     evalset,
@@ -124,13 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                     zero_h=zero_h,
                     progress=progress,
                 )
-                cache.write_text(json.dumps(found))
+                store.write_json(cache, found, indent=None)
             rows.extend(found)
 
     write_json(rows, out / "results.json")
     pareto(rows, out / "pareto.png", title=f"Sudoku ({preset.name} preset, {evalset.source} puzzles)")
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    store.write_json(out / "summary.json", summary)
     print()
     print(table(rows, subsets=("all",)))
     print()

@@ -204,16 +204,26 @@ def train(
             checkpoint(running)
             since_ckpt = 0
     bar.close()
+    relay.save_pretrained(ckpt_dir / method)  # relaykit's folder: the channel and the trained backbone
     checkpoint(final)
     running.unlink(missing_ok=True)
     return final
 
 
 def load_trained(path: Path, preset: Preset, device: torch.device) -> tuple[relaykit.RelayModel, dict[str, Any]]:
-    """The relay model of a final checkpoint (eval mode) and the checkpoint's record (passes, wall, log)."""
+    """The relay model of a final checkpoint (eval mode) and the checkpoint's record (passes, wall, log).
+
+    The model comes from the method's ``save_pretrained`` folder (``RelayModel.from_pretrained`` onto a fresh
+    backbone), or from the training checkpoint for runs made before those folders were written.
+    """
     ck = torch.load(path, map_location=device, weights_only=False)
-    model, relay = build(preset, device)
-    model.load_state_dict(ck["model"])
-    relay.channel.load_state_dict(ck["channel"])
+    folder = path.with_suffix("")
+    if (folder / "relay_config.json").is_file():
+        model = SudokuMDM.from_config(preset.model).to(device)
+        relay = relaykit.RelayModel.from_pretrained(model, folder)
+    else:
+        model, relay = build(preset, device)
+        model.load_state_dict(ck["model"])
+        relay.channel.load_state_dict(ck["channel"])
     model.eval()
     return relay, {k: ck[k] for k in ("passes", "wall", "log", "method")}

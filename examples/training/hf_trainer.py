@@ -87,6 +87,15 @@ def main(argv: list[str] | None = None) -> Any:
     trainer = make_trainer(args.output_dir, max_steps=args.max_steps)
     result = trainer.train()
     print(f"trained {result.global_step} steps; final loss {result.training_loss:.3f}")
+    final = Path(args.output_dir) / "final"
+    trainer.save_model(str(final))  # relaykit's format: the channel and the trained backbone
+    torch.manual_seed(0)
+    restored = relaykit.RelayModel.from_pretrained(ToyMDM(), final)  # a fresh copy of the original backbone
+    relay = trainer.model
+    z = torch.full((2, 12), MASK)
+    with torch.no_grad():
+        same = torch.equal(restored(z, state=restored(z).state).logits, relay(z, state=relay(z).state).logits)
+    print(f"saved to {final}; reloaded onto a fresh backbone, logits equal to the trained model's: {same}")
     return trainer
 
 

@@ -5,7 +5,9 @@
 
 The loop is yours; relaykit only supplies the loss of one truncated-BPTT window per optimiser step
 (``driver.step()``) and keeps each sample's (z, h) between steps. Checkpoints hold the driver's state next to the
-model's and the optimiser's, so a resumed run continues exactly (``--resume``).
+model's and the optimiser's, so a resumed run continues exactly (``--resume``). ``--out DIR`` saves the trained
+model with ``relay.save_pretrained`` (the channel and the trained backbone) and reloads it onto a fresh copy of the
+original backbone with ``RelayModel.from_pretrained``, checking that it gives the trained logits.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     p.add_argument("--checkpoint", type=Path, default=None, help="save model, optimiser and driver state here")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--out", type=Path, default=None, help="save_pretrained folder; reloaded and checked at the end")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -68,6 +71,14 @@ def main(argv: list[str] | None = None) -> list[float]:
     if args.checkpoint is not None:
         state = {"model": relay.state_dict(), "optimizer": opt.state_dict(), "driver": driver.state_dict()}
         torch.save({**state, "step": args.steps}, args.checkpoint)
+    if args.out is not None:
+        relay.save_pretrained(args.out)  # the channel and, as the optimiser trained it, the backbone
+        torch.manual_seed(args.seed)
+        restored = relaykit.RelayModel.from_pretrained(ToyMDM(), args.out)  # a fresh copy of the original backbone
+        z = torch.full((2, args.length), MASK)
+        with torch.no_grad():
+            same = torch.equal(restored(z, state=restored(z).state).logits, relay(z, state=relay(z).state).logits)
+        print(f"saved to {args.out}; reloaded onto a fresh backbone, logits equal to the trained model's: {same}")
     return losses
 
 

@@ -9,3 +9,16 @@ BENCHMARKS = {
     "memory": "peak training memory of Relay (K=2) vs plain masked-LM training",
     "decode": "relay hook overhead and cached / uncached decoding throughput",
 }
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: an int >= 1 (``--batch 0`` is a usage error, not a traceback)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value

@@ -33,6 +33,7 @@ import time
 import torch
 
 import relaykit
+from relaykit.bench import positive_int
 from relaykit.bench.backbone import BenchTransformer
 from relaykit.bench.upstream import prefix_cache_loop
 from relaykit.policies import Threshold, TopK
@@ -40,18 +41,18 @@ from relaykit.policies import Threshold, TopK
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m relaykit.bench decode", description=__doc__.splitlines()[0])
-    p.add_argument("--width", type=int, default=512, help="backbone width (default 512)")
-    p.add_argument("--layers", type=int, default=8, help="backbone layers (default 8)")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=1024)
-    p.add_argument("--prompt", type=int, default=64, help="prompt length")
-    p.add_argument("--new-tokens", type=int, default=256, help="tokens to decode (default 256)")
-    p.add_argument("--block-size", type=int, default=32, help="block size (default 32)")
-    p.add_argument("--per-step", type=int, default=4, help="tokens committed per step (TopK policy)")
-    p.add_argument("--forward-length", type=int, default=512, help="sequence length of the overhead forwards")
-    p.add_argument("--forwards", type=int, default=30, help="timed forwards of each kind for the overhead")
-    p.add_argument("--repeats", type=int, default=5, help="timed decodes of each kind (interleaved)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--width", type=positive_int, default=512, help="backbone width (default 512)")
+    p.add_argument("--layers", type=positive_int, default=8, help="backbone layers (default 8)")
+    p.add_argument("--heads", type=positive_int, default=8)
+    p.add_argument("--vocab", type=positive_int, default=1024)
+    p.add_argument("--prompt", type=positive_int, default=64, help="prompt length")
+    p.add_argument("--new-tokens", type=positive_int, default=256, help="tokens to decode (default 256)")
+    p.add_argument("--block-size", type=positive_int, default=32, help="block size (default 32)")
+    p.add_argument("--per-step", type=positive_int, default=4, help="tokens committed per step (TopK policy)")
+    p.add_argument("--forward-length", type=positive_int, default=512, help="sequence length of the overhead forwards")
+    p.add_argument("--forwards", type=positive_int, default=30, help="timed forwards of each kind for the overhead")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed decodes of each kind (interleaved)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--upstream-width", type=int, default=256, help="LLaDA twin width for the upstream comparison")
     p.add_argument("--upstream-layers", type=int, default=4, help="LLaDA twin layers (default 4)")

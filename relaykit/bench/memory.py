@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from relaykit.attach import attach
+from relaykit.bench import positive_int
 from relaykit.bench._peak import Peak, measure
 from relaykit.policies import TopK
 from relaykit.relay import RelayModel
@@ -161,13 +162,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m relaykit.bench memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--backbone", choices=["encoder", "qwen2", "llama"], default="encoder")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--length", type=int, default=256)
-    p.add_argument("--batch", type=int, default=4, help="B: relay runs at B, plain MLM at B and 2B")
-    p.add_argument("--k", type=int, default=2, help="relay window K")
+    p.add_argument("--width", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--vocab", type=positive_int, default=4096)
+    p.add_argument("--length", type=positive_int, default=256)
+    p.add_argument("--batch", type=positive_int, default=4, help="B: relay runs at B, plain MLM at B and 2B")
+    p.add_argument("--k", type=positive_int, default=2, help="relay window K")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
     p.add_argument("--frozen", action="store_true", help="relay trains its channel only (plain MLM stays full SFT)")
     p.add_argument("--checkpointing", action="store_true", help="HF per-layer gradient checkpointing")

@@ -1,0 +1,118 @@
+"""What the relay hooks read and write while a call or a session is open: slots, calls, sessions, outputs.
+
+Legend: b batch, q positions fed by one call, V vocabulary.
+
+A *slot* holds the state h the hooks read and write while it is open: one explicit ``relay(ids, state=...)``
+call opens one for that call, ``relay.session()`` opens one for a whole third-party decoding loop (the handle it
+yields is a :class:`RelaySession`). A *call* is what the hooks learn about the backbone forward in flight: its
+arguments, then the adapter's :class:`~relaykit.plan.CallPlan` for it.
+
+Example::
+
+    with relay.session() as s:       # s: RelaySession over an open slot
+        model(x); model(x2)
+        print(s.nfe, s.state)         # 2, RelayState(...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor
+
+from relaykit.kvcache import cache_batch_size
+from relaykit.plan import CallPlan
+from relaykit.state import RelayState
+
+Update = Literal["masked", "all"]
+
+
+@dataclass
+class RelayOutput:
+    """What a relay forward returns: logits (b, q, V), the new state, the raw backbone output, the positions."""
+
+    logits: Tensor
+    state: RelayState | None
+    output: Any
+    positions: Tensor | None = None
+
+
+@dataclass
+class Slot:
+    """Where the hooks read and write h while it is active (one explicit call, or a whole session)."""
+
+    state: RelayState | None
+    update: Update
+    nfe: int = 0
+    last_positions: Tensor | None = None
+
+
+@dataclass
+class Call:
+    """What the hooks learn about the forward in flight: its arguments, then the adapter's plan for it."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    ids: Tensor | None = None  # (b, q') the relay columns' ids
+    plan: CallPlan | None = None
+    end: int = 0  # one past the largest fed position
+
+
+def embedding_ids(args: tuple[Any, ...]) -> Tensor:
+    """The token ids (b, q) the embedding module was called with."""
+    ids = args[0] if args else None
+    if not isinstance(ids, Tensor) or ids.dim() != 2:
+        raise TypeError(
+            f"relay expected the embedding to be called with token ids of shape (batch, length); got "
+            f"{tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__}"
+        )
+    return ids
+
+
+def check_cache_batch(cache: Any, batch: int) -> None:
+    rows = cache_batch_size(cache)
+    if rows is not None and rows != batch:
+        raise ValueError(
+            f"the KV cache passed to this call holds {rows} rows but the input has {batch}: it comes from another "
+            f"batch; build the cache from this batch (or select its rows) before calling"
+        )
+
+
+def check_update(update: str) -> Update:
+    if update not in ("masked", "all"):
+        raise ValueError(f"update must be 'masked' (default; required with KV caches) or 'all', got {update!r}")
+    return update  # type: ignore[return-value]
+
+
+class RelaySession:
+    """Handle returned by ``relay.session()``: the implicit state, the number of forwards (NFE), resets."""
+
+    def __init__(self, slot: Slot) -> None:
+        self._slot = slot
+
+    @property
+    def state(self) -> RelayState | None:
+        return self._slot.state
+
+    @state.setter
+    def state(self, value: RelayState | None) -> None:
+        self._slot.state = value
+
+    @property
+    def nfe(self) -> int:
+        """Forward passes seen in this session (each backbone call counts once)."""
+        return self._slot.nfe
+
+    def reset(self, rows: Any = None) -> None:
+        """Forget h for some rows (all when None), e.g. when a loop starts a new prompt in a batch slot."""
+        if self._slot.state is not None:
+            self._slot.state = None if rows is None else self._slot.state.reset(rows)
+
+    def detach_state(self) -> None:
+        """Cut the autograd graph through h (end of a truncated-BPTT window)."""
+        if self._slot.state is not None:
+            self._slot.state = self._slot.state.detach()
+
+    def __repr__(self) -> str:
+        return f"RelaySession(nfe={self.nfe}, state={self.state!r})"
