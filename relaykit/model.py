@@ -230,7 +230,10 @@ class RelayCore(nn.Module):
         state = slot.state = state.extend(end)  # new positions on the right start empty (h = 0)
         if end > lo:
             state.check_covers(lo, end - 1)  # a state windowed past the fed positions is an error, not a silent miss
-        hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
+        if plan.span is not None:  # the same contiguous positions in every row: slices, no index tensors
+            hidden, filled = state.read(lo, end)  # (b, q, d), (b, q)
+        else:
+            hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
         use = (filled & ~bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists, never in a relay-free pass
         # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
         # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
@@ -253,10 +256,12 @@ class RelayCore(nn.Module):
             raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
         if plan.span is None:
             return lo, hi + 1
-        if positions.numel() and (lo, hi + 1) != tuple(plan.span):
+        exact = torch.arange(plan.span[0], plan.span[1], device=positions.device).expand_as(positions)
+        if positions.numel() and not torch.equal(positions, exact):
             raise RuntimeError(
                 f"adapter {self.adapter.name!r} planned positions {plan.span[0]}..{plan.span[1] - 1} (CallPlan.span) "
-                f"but its positions tensor holds {lo}..{hi}; plan_call must give a span only when it is exact"
+                f"but its positions tensor holds {lo}..{hi} (or not in order); plan_call must give a span only when "
+                f"every row's positions are exactly lo .. end - 1"
             )
         return plan.span
 
@@ -285,7 +290,10 @@ class RelayCore(nn.Module):
         state = slot.state
         if state is None:
             state = RelayState.zeros(ids.shape[0], call.end, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-        slot.state = state.write(positions, hidden, where, check=False)  # range checked once, in _on_embedding
+        if call.plan.span is not None:  # contiguous positions in every row: slices, no index tensors
+            slot.state = state.write_range(call.plan.span[0], hidden, where)
+        else:
+            slot.state = state.write(positions, hidden, where, check=False)  # range checked in _on_embedding
         slot.nfe += 1
         slot.last_positions = positions
 
