@@ -343,7 +343,11 @@ class RelayCore(nn.Module):
         if input_ids.shape[0] == 0:
             raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one sequence")
         vocab = self.adapter.vocab_size(self.backbone)
-        if input_ids.numel():
+        # Reading the ids' range is a host sync: done in eager mode on CPU (where compute is synchronous anyway),
+        # skipped under torch.compile (it would break the graph) and on accelerators (it would stall the stream)
+        # unless debug_checks is on; the embedding's own index check still refuses ids outside the vocabulary.
+        eager_cpu = input_ids.device.type == "cpu" and not torch.compiler.is_compiling()
+        if input_ids.numel() and (eager_cpu or self.debug_checks):
             lo, hi = input_ids.aminmax()
             lo_i, hi_i = int(lo), int(hi)
             if lo_i < 0 or (vocab is not None and hi_i >= vocab):
