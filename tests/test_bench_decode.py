@@ -21,7 +21,7 @@ def test_decode_benchmark_runs_and_finds_identical_outputs(capsys):
     assert "identical outputs: True" in out
     assert "cached / uncached throughput ratio" in out and "the ceiling at this setting" in out
     assert "identical tokens: True" in out  # relaykit.generate vs Fast-dLLM v1's prefix-cache loop
-    assert "relaykit / upstream throughput ratio" in out
+    assert "relaykit / upstream throughput ratio" in out and "the loops alone" in out
     torch.set_num_threads(1)  # the benchmark sets threads; restore the test default
 
 

@@ -209,32 +209,43 @@ def _upstream(args: argparse.Namespace, g: torch.Generator) -> bool:
             out[which], nfe[which] = prefix_cache_loop(
                 model, prompt, gen_length=n_new, block_length=block, threshold=tau, mask_id=mask
             )
+        elif which == "session":  # the same loop with relay on, the way relaykit runs unchanged upstream loops
+            with relay.session():
+                out[which], nfe[which] = prefix_cache_loop(
+                    model, prompt, gen_length=n_new, block_length=block, threshold=tau, mask_id=mask
+                )
         else:
             res = relaykit.generate(
                 relay, prompt, max_new_tokens=n_new, block_size=block, use_cache="prefix", policy=Threshold(tau)
             )
             out[which], nfe[which] = res.sequences, int(res.nfe.max())
 
+    kinds = ("upstream", "session", "relaykit")
+    times: dict[str, list[float]] = {k: [] for k in kinds}
     with torch.no_grad():
-        run("upstream")
-        run("relaykit")  # warm-up
-        times: dict[str, list[float]] = {"upstream": [], "relaykit": []}
-        for i in range(args.repeats):
-            for which in ("upstream", "relaykit") if i % 2 else ("relaykit", "upstream"):
+        for which in kinds:  # warm-up
+            run(which)
+        for i in range(args.repeats):  # interleaved, the order rotating: all three see the same load
+            for which in kinds[i % 3 :] + kinds[: i % 3]:
                 t0 = time.perf_counter()
                 run(which)
                 times[which].append(time.perf_counter() - t0)
-    same = torch.equal(out["upstream"], out["relaykit"])
-    up_s, rk_s = statistics.median(times["upstream"]), statistics.median(times["relaykit"])
+    same = torch.equal(out["upstream"], out["relaykit"]) and torch.equal(out["session"], out["relaykit"])
+    up_s, se_s, rk_s = (statistics.median(times[k]) for k in kinds)
     pair = statistics.median(u / r for u, r in zip(times["upstream"], times["relaykit"]))
+    pair_se = statistics.median(u / r for u, r in zip(times["session"], times["relaykit"]))
     print(
         f"LLaDA twin (width {width}, {layers} layers, vocab {vocab}), {n_new} new tokens in blocks of {block}, "
         f"threshold {tau}, median of {args.repeats}:"
     )
-    print(f"  Fast-dLLM v1 prefix-cache loop (bare): {up_s:.3f} s, NFE {nfe['upstream']}")
-    print(f"  relaykit.generate(use_cache='prefix') with relay: {rk_s:.3f} s, NFE {nfe['relaykit']}")
+    print(f"  Fast-dLLM v1 prefix-cache loop, bare backbone: {up_s:.3f} s, NFE {nfe['upstream']}")
+    print(f"  the same loop inside relay.session() (relay on): {se_s:.3f} s, NFE {nfe['session']}")
+    print(f"  relaykit.generate(use_cache='prefix') (relay on): {rk_s:.3f} s, NFE {nfe['relaykit']}")
     print(f"  identical tokens: {same}")
-    print(f"relaykit / upstream throughput ratio: {up_s / rk_s:.3f} (median of paired ratios {pair:.3f}; goal >= 1.0)")
+    print(
+        f"relaykit / upstream throughput ratio: {up_s / rk_s:.3f} (median of paired ratios {pair:.3f}; goal >= 1.0); "
+        f"relaykit / the upstream loop with relay: {se_s / rk_s:.3f} (paired {pair_se:.3f}): the loops alone"
+    )
     print(
         "Fast-dLLM v2's own generate(): not compared (its loop commits each block's first token by argmax in the "
         "commit pass, before the block's first step, which relaykit.generate's policies do not do: no identical "
