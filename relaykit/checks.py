@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
+import torch
 from torch import Tensor
 
 from relaykit.state import RelayState
@@ -61,4 +62,35 @@ def check_state_covers(state: RelayState, batch: int, length: int, *, what: str,
         raise ValueError(
             f"the relay state covers {state.batch_size} rows at positions {state.offset}..{state.end - 1}, but "
             f"{what} has {batch} rows of length {length}; {hint}"
+        )
+
+
+def check_token_ids(input_ids: Any, vocab: int | None, *, read_range: bool = True) -> None:
+    """Raise unless ``input_ids`` is a non-empty (b, n) integer tensor of ids inside a vocabulary of ``vocab``.
+
+    ``read_range=False`` skips the vocabulary check, the one part that reads the tensor (a host sync).
+    """
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+        got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one sequence")
+    if read_range and input_ids.numel():
+        lo, hi = (int(v) for v in input_ids.aminmax())
+        if lo < 0 or (vocab is not None and hi >= vocab):
+            raise ValueError(
+                f"input_ids hold token ids {lo}..{hi} but the embedding has a vocabulary of {vocab} "
+                f"(ids 0..{vocab - 1 if vocab is not None else '?'}); check the tokenizer against the model"
+            )
+
+
+def check_state_width(state: Any, width: int) -> None:
+    """TypeError unless a RelayState or None; ValueError when its hidden width is not ``width`` (the channel's)."""
+    check_state_type(state)
+    if state is not None and state.hidden_size != width:
+        raise ValueError(
+            f"the relay state has hidden width {state.hidden_size} but this relay's channel reads width {width} "
+            f"(the backbone's final hidden size); pass a state made by this model, or None"
         )

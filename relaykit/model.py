@@ -41,7 +41,7 @@ from torch.utils.hooks import RemovableHandle
 
 from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
-from relaykit.checks import check_state_type
+from relaykit.checks import check_state_width, check_token_ids
 from relaykit.fingerprint import fingerprint
 from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import float_dtype_device
@@ -314,8 +314,14 @@ class RelayCore(nn.Module):
         whose ``clean_layout(backbone)`` is true): relay runs on the noisy half only and the logits cover it.
         """
         self._require_attached()
-        self._check_ids(input_ids)
-        self._check_state(state)
+        # Reading the ids' range is a host sync: done in eager mode on CPU (where compute is synchronous anyway),
+        # skipped under torch.compile (it would break the graph) and on accelerators (it would stall the stream)
+        # unless debug_checks is on; the embedding's own index check still refuses ids outside the vocabulary.
+        on_cpu = isinstance(input_ids, Tensor) and input_ids.device.type == "cpu"
+        eager_cpu = on_cpu and not torch.compiler.is_compiling()
+        read = eager_cpu or self.debug_checks
+        check_token_ids(input_ids, self.adapter.vocab_size(self.backbone), read_range=read)
+        check_state_width(state, self._channel.config.hidden_size)
         run = self.adapter.call_backbone
         if self._disabled:
             output = run(self.backbone, input_ids, clean_ids=clean_ids, **backbone_kwargs)
@@ -334,40 +340,6 @@ class RelayCore(nn.Module):
             )
         return RelayOutput(self.adapter.logits(output), slot.state, output, slot.last_positions)
 
-    def _check_ids(self, input_ids: Tensor) -> None:
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-            got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
-        if input_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-        if input_ids.shape[0] == 0:
-            raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one sequence")
-        vocab = self.adapter.vocab_size(self.backbone)
-        # Reading the ids' range is a host sync: done in eager mode on CPU (where compute is synchronous anyway),
-        # skipped under torch.compile (it would break the graph) and on accelerators (it would stall the stream)
-        # unless debug_checks is on; the embedding's own index check still refuses ids outside the vocabulary.
-        eager_cpu = input_ids.device.type == "cpu" and not torch.compiler.is_compiling()
-        if input_ids.numel() and (eager_cpu or self.debug_checks):
-            lo, hi = input_ids.aminmax()
-            lo_i, hi_i = int(lo), int(hi)
-            if lo_i < 0 or (vocab is not None and hi_i >= vocab):
-                raise ValueError(
-                    f"input_ids hold token ids {lo_i}..{hi_i} but the embedding has a vocabulary of {vocab} "
-                    f"(ids 0..{vocab - 1 if vocab is not None else '?'}); check the tokenizer against the model"
-                )
-
-    def _check_state(self, state: Any) -> None:
-        """TypeError unless a RelayState or None; ValueError when its width is not the channel's."""
-        check_state_type(state)
-        if state is None:
-            return
-        width = self._channel.config.hidden_size
-        if state.hidden_size != width:
-            raise ValueError(
-                f"the relay state has hidden width {state.hidden_size} but this relay's channel reads width {width} "
-                f"(the backbone's final hidden size); pass a state made by this model, or None"
-            )
-
     @contextlib.contextmanager
     def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:
         """Keep h inside the relay between backbone calls, for third-party loops that call the model themselves.
@@ -375,7 +347,7 @@ class RelayCore(nn.Module):
         Leaving the block clears the state. Sessions do not nest.
         """
         self._require_attached()
-        self._check_state(state)
+        check_state_width(state, self._channel.config.hidden_size)
         if self._slots:
             raise RuntimeError("a relay session or call is already active on this model; sessions do not nest")
         slot = Slot(state=state, update=check_update(update or self.update))

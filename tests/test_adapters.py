@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from families import FAMILIES, Family, logits_of, random_ids, randomise_channel
+from backbones import FAMILIES, Backbone, logits_of, random_ids, randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from test_detach import snapshot
@@ -19,7 +19,7 @@ from relaykit.testing.twins.llada import tiny_llada
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=repr)
-def test_attach_detects_the_family_and_says_so(family: Family, caplog: pytest.LogCaptureFixture) -> None:
+def test_attach_detects_the_family_and_says_so(family: Backbone, caplog: pytest.LogCaptureFixture) -> None:
     model = family.build()
     assert detect_adapter(model) == family.adapter
     with caplog.at_level(logging.INFO, logger="relaykit"):
@@ -83,7 +83,7 @@ examples = st.tuples(st.integers(1, 2), st.integers(2, 8), st.integers(0, 2**16)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=repr)
-def test_contract1_zero_initialised_relay_is_identity(family: Family) -> None:
+def test_contract1_zero_initialised_relay_is_identity(family: Backbone) -> None:
     model = family.build()
     relay = relaykit.attach(model, **family.attach_kwargs)
     d = relay.channel.config.hidden_size
@@ -106,7 +106,7 @@ def test_contract1_zero_initialised_relay_is_identity(family: Family) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=repr)
-def test_contract6_detach_restores_the_twin(family: Family) -> None:
+def test_contract6_detach_restores_the_twin(family: Backbone) -> None:
     model = family.build()
     before = snapshot(model)
     ids = random_ids(family, 2, 8, seed=1)
@@ -126,7 +126,7 @@ def test_contract6_detach_restores_the_twin(family: Family) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=repr)
-def test_contract7_round_trip_rebuilds_the_family_adapter(family: Family, tmp_path: Path) -> None:
+def test_contract7_round_trip_rebuilds_the_family_adapter(family: Backbone, tmp_path: Path) -> None:
     relay = relaykit.attach(family.build(), **family.attach_kwargs)
     randomise_channel(relay)
     relay.save_pretrained(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import randomise_channel
+from backbones import randomise_channel
 
 import relaykit
 from relaykit.policies import Threshold, TopK

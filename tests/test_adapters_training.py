@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import FAMILIES, Family, randomise_channel
+from backbones import FAMILIES, Backbone, randomise_channel
 
 import relaykit
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=repr)
-def test_one_bptt_step_trains_the_channel_through_h(family: Family) -> None:
+def test_one_bptt_step_trains_the_channel_through_h(family: Backbone) -> None:
     model = family.build()
     relay = relaykit.attach(model, **family.attach_kwargs)
     randomise_channel(relay, std=0.1)

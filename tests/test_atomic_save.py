@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import torch
-from backbones import BACKBONES
+from backbones import GENERIC
 
 import relaykit
 from relaykit import RelayModel, atomic
 
-BB = BACKBONES[0]  # the custom tiny MDM: no transformers import in forked children
+BB = GENERIC[0]  # the custom tiny MDM: no transformers import in forked children
 
 
 def make_relay(seed: int) -> RelayModel:

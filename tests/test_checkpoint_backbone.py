@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from backbones import BACKBONES, Backbone, logits_of
+from backbones import GENERIC, Backbone, logits_of
 from tiny import tiny_qwen2
 
 import relaykit
@@ -45,7 +45,7 @@ def two_step_logits(relay: RelayModel, ids: torch.Tensor) -> torch.Tensor:
         return relay(ids, state=first.state).logits
 
 
-@pytest.mark.parametrize("bb", BACKBONES, ids=repr)
+@pytest.mark.parametrize("bb", GENERIC, ids=repr)
 def test_trained_backbone_and_channel_reload_exactly(
     bb: Backbone, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -67,7 +67,7 @@ def test_trained_backbone_and_channel_reload_exactly(
 
 
 def test_channel_only_training_saves_no_backbone(tmp_path: Path) -> None:
-    bb = BACKBONES[0]
+    bb = GENERIC[0]
     relay = relaykit.attach(bb.build(), **bb.attach_kwargs)
     with torch.no_grad():
         relay.channel.proj.weight.normal_()
@@ -79,7 +79,7 @@ def test_channel_only_training_saves_no_backbone(tmp_path: Path) -> None:
 
 
 def test_never_warns_with_the_number_of_changed_tensors(tmp_path: Path) -> None:
-    relay, _ = trained(BACKBONES[0])
+    relay, _ = trained(GENERIC[0])
     n = len(relay.changed_backbone_tensors())
     with pytest.warns(UserWarning, match=rf"{n} backbone tensor\(s\) changed since attach .* backbone='never'"):
         relay.save_pretrained(tmp_path, backbone="never")
@@ -88,7 +88,7 @@ def test_never_warns_with_the_number_of_changed_tensors(tmp_path: Path) -> None:
         relay.save_pretrained(tmp_path, backbone="yes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bb", BACKBONES[1:], ids=repr)
+@pytest.mark.parametrize("bb", GENERIC[1:], ids=repr)
 def test_hf_folder_loads_with_transformers_and_shards(bb: Backbone, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -113,7 +113,7 @@ def test_hf_folder_loads_with_transformers_and_shards(bb: Backbone, tmp_path: Pa
 def test_tied_weights_are_written_once_and_stay_tied(tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    bb = BACKBONES[2]  # Llama with tie_word_embeddings=True
+    bb = GENERIC[2]  # Llama with tie_word_embeddings=True
     relay, ids = trained(bb)
     relay.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
@@ -125,7 +125,7 @@ def test_tied_weights_are_written_once_and_stay_tied(tmp_path: Path) -> None:
 
 
 def test_weights_for_another_architecture_name_the_tensors(tmp_path: Path) -> None:
-    relay, _ = trained(BACKBONES[1])
+    relay, _ = trained(GENERIC[1])
     relay.save_pretrained(tmp_path)
     deeper = tiny_qwen2(layers=3)
     before = {k: v.clone() for k, v in deeper.state_dict().items()}
@@ -136,7 +136,7 @@ def test_weights_for_another_architecture_name_the_tensors(tmp_path: Path) -> No
 
 
 def test_files_follow_the_umask(tmp_path: Path) -> None:
-    relay, _ = trained(BACKBONES[1], steps=1)
+    relay, _ = trained(GENERIC[1], steps=1)
     old = os.umask(0o022)
     try:
         relay.save_pretrained(tmp_path / "ckpt", max_shard_size="20KB")
@@ -148,7 +148,7 @@ def test_files_follow_the_umask(tmp_path: Path) -> None:
 
 
 def test_files_of_others_in_the_folder_are_kept(tmp_path: Path) -> None:
-    relay, _ = trained(BACKBONES[0], steps=1)
+    relay, _ = trained(GENERIC[0], steps=1)
     (tmp_path / "tokenizer.json").write_text("{}")
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "train.txt").write_text("step 1")
@@ -159,7 +159,7 @@ def test_files_of_others_in_the_folder_are_kept(tmp_path: Path) -> None:
 
 
 def test_print_trainable_parameters(capsys: pytest.CaptureFixture[str]) -> None:
-    bb = BACKBONES[0]
+    bb = GENERIC[0]
     relay = relaykit.attach(bb.build(), **bb.attach_kwargs)
     for p in relay.backbone.parameters():
         p.requires_grad_(False)
@@ -179,7 +179,7 @@ def test_print_trainable_parameters(capsys: pytest.CaptureFixture[str]) -> None:
 def test_someone_elses_model_file_is_never_overwritten(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    relay, ids = trained(BACKBONES[1])
+    relay, ids = trained(GENERIC[1])
     theirs = {k: v.detach().clone().contiguous() for k, v in relay.state_dict().items()}  # e.g. the HF Trainer's
     save_file(theirs, str(tmp_path / "model.safetensors"))
     before = (tmp_path / "model.safetensors").read_bytes()
@@ -187,7 +187,7 @@ def test_someone_elses_model_file_is_never_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "model.safetensors").read_bytes() == before  # kept as it was
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert config["backbone_weights"] == "relay_backbone.safetensors" and not (tmp_path / "config.json").exists()
-    loaded = RelayModel.from_pretrained(BACKBONES[1].build(), tmp_path)
+    loaded = RelayModel.from_pretrained(GENERIC[1].build(), tmp_path)
     assert torch.equal(two_step_logits(loaded, ids), two_step_logits(relay, ids))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch._dynamo as dynamo
-from families import FAMILIES, randomise_channel
+from backbones import FAMILIES, randomise_channel
 from rollout_util import batch, tiny_relay
 from tiny import MASK_ID, tiny_qwen2
 

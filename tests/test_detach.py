@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backbones import BACKBONES, Backbone, logits_of
+from backbones import GENERIC, Backbone, logits_of
 from torch import nn
 
 import relaykit
@@ -29,8 +29,8 @@ def snapshot(model: nn.Module) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("bb", BACKBONES, ids=repr)
-def test_detach_restores_backbone_exactly(bb: Backbone) -> None:
+@pytest.mark.parametrize("bb", GENERIC, ids=repr)
+def test_contract6_detach_restores_backbone_exactly(bb: Backbone) -> None:
     model = bb.build()
     before = snapshot(model)
     ids = torch.full((2, 5), bb.mask_id)
@@ -63,7 +63,7 @@ def test_detach_restores_backbone_exactly(bb: Backbone) -> None:
 
 
 def test_detach_during_failed_forward_leaves_no_state() -> None:
-    bb = BACKBONES[0]
+    bb = GENERIC[0]
     model = bb.build()
     relay = relaykit.attach(model, **bb.attach_kwargs)
     with pytest.raises(RuntimeError, match="size of tensor"):

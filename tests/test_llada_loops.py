@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from families import randomise_channel
+from backbones import randomise_channel
 from hypothesis import given
 from hypothesis import strategies as st
 from recorder import Recorder, check_committed_frozen, check_locality

@@ -30,7 +30,7 @@ def channel_grads(loss: torch.Tensor, relay: RelayModel) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, list(relay.channel.parameters()), allow_unused=True, retain_graph=True))
 
 
-def test_step_loss_reaches_h_of_the_previous_step_only_without_stop_gradient() -> None:
+def test_contract8_step_loss_reaches_h_of_the_previous_step_only_without_stop_gradient() -> None:
     relay = tiny_relay(dtype=torch.float64)
     x0, maskable, z, state = start(relay)
     h0 = state.hidden.clone().requires_grad_(True)  # h_0 as a leaf: watch the gradient arriving through h
@@ -45,7 +45,7 @@ def test_step_loss_reaches_h_of_the_previous_step_only_without_stop_gradient() -
     assert torch.equal(grads[True], torch.zeros_like(grads[True]))  # cut by the stop-gradient
 
 
-def test_gradient_wrt_channel_through_h() -> None:
+def test_contract8_gradient_wrt_channel_through_h() -> None:
     """d loss_1 / d theta_R = direct use at step 1 + the path through h_1 (only without stop-gradient).
 
     With stop_gradient=True the gradient equals that of a fresh one-step window started from the detached state
@@ -66,7 +66,7 @@ def test_gradient_wrt_channel_through_h() -> None:
     assert through_h > 1e-6
 
 
-def test_gradcheck_through_two_relay_steps_float64() -> None:
+def test_contract8_gradcheck_through_two_relay_steps_float64() -> None:
     relay = tiny_relay(width=8, dtype=torch.float64)
     x0, maskable, z, state = start(relay, 2, 4)
     pol = oracle(2, 4)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from backbones import BACKBONES, Backbone
+from backbones import GENERIC, Backbone
 from tiny import MASK_ID, TinyMDM
 
 import relaykit
@@ -28,8 +28,8 @@ def trained_relay(bb: Backbone, **options: object) -> RelayModel:
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "gated"])
-@pytest.mark.parametrize("bb", BACKBONES, ids=repr)
-def test_round_trip_is_exact(bb: Backbone, kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bb", GENERIC, ids=repr)
+def test_contract7_round_trip_is_exact(bb: Backbone, kind: str, tmp_path: Path) -> None:
     relay = trained_relay(bb, kind=kind, norm="rmsnorm")
     folder = tmp_path / "relay"
     relay.save_pretrained(folder)
@@ -53,13 +53,13 @@ def test_round_trip_is_exact(bb: Backbone, kind: str, tmp_path: Path) -> None:
 def test_saved_keys_have_no_wrapper_prefix(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    relay = trained_relay(BACKBONES[0])
+    relay = trained_relay(GENERIC[0])
     relay.save_pretrained(tmp_path)
     assert sorted(load_file(str(tmp_path / WEIGHTS_NAME))) == ["norm.bias", "norm.weight", "proj.bias", "proj.weight"]
 
 
-def test_mismatched_backbone_names_both_shapes(tmp_path: Path) -> None:
-    bb = BACKBONES[0]
+def test_contract7_mismatched_backbone_names_both_shapes(tmp_path: Path) -> None:
+    bb = GENERIC[0]
     trained_relay(bb).save_pretrained(tmp_path)
     wider = TinyMDM(width=24)
     with pytest.raises(ValueError, match=r"\(16, 16\).*\(24, 24\)"):
@@ -68,7 +68,7 @@ def test_mismatched_backbone_names_both_shapes(tmp_path: Path) -> None:
 
 
 def test_torn_save_is_detected(tmp_path: Path) -> None:
-    bb = BACKBONES[0]
+    bb = GENERIC[0]
     trained_relay(bb).save_pretrained(tmp_path)
     other = tmp_path / "other"
     relay2 = trained_relay(bb, kind="mlp")
@@ -98,7 +98,7 @@ def test_from_pretrained_resolves_hub_id_offline(tmp_path: Path) -> None:
     import huggingface_hub.constants
 
     assert huggingface_hub.constants.HF_HUB_OFFLINE, "tests run with HF_HUB_OFFLINE=1 (set in conftest)"
-    bb = BACKBONES[0]
+    bb = GENERIC[0]
     relay = trained_relay(bb)
     relay.save_pretrained(tmp_path / "saved")
     _hub_cache(tmp_path / "cache", "someone/tiny-relay", tmp_path / "saved")
@@ -110,7 +110,7 @@ def test_from_pretrained_resolves_hub_id_offline(tmp_path: Path) -> None:
 
 
 def test_push_to_hub_fails_clearly_offline() -> None:
-    relay = trained_relay(BACKBONES[0])
+    relay = trained_relay(GENERIC[0])
     with pytest.raises(Exception, match="(?i)offline"):
         relay.push_to_hub("me/relay")
 

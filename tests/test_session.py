@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from backbones import BACKBONES, Backbone, logits_of
+from backbones import GENERIC, Backbone, logits_of
 
 import relaykit
 
@@ -22,7 +22,7 @@ def toy_loop(model: torch.nn.Module, canvas: torch.Tensor, mask_id: int, steps: 
     return z
 
 
-@pytest.mark.parametrize("bb", BACKBONES, ids=repr)
+@pytest.mark.parametrize("bb", GENERIC, ids=repr)
 def test_session_matches_explicit_state_passing(bb: Backbone) -> None:
     model = bb.build()
     relay = relaykit.attach(model, **bb.attach_kwargs)
@@ -53,7 +53,7 @@ def test_session_matches_explicit_state_passing(bb: Backbone) -> None:
 
 
 def test_session_clears_state_on_exit_and_reset_rows() -> None:
-    bb = BACKBONES[0]
+    bb = GENERIC[0]
     model = bb.build()
     relay = relaykit.attach(model, **bb.attach_kwargs)
     ids = torch.full((3, 5), bb.mask_id)
@@ -67,7 +67,7 @@ def test_session_clears_state_on_exit_and_reset_rows() -> None:
 
 
 def test_session_with_gradients_and_detach_state() -> None:
-    bb = BACKBONES[0]
+    bb = GENERIC[0]
     model = bb.build()
     relay = relaykit.attach(model, **bb.attach_kwargs)
     torch.nn.init.normal_(relay.channel.proj.weight, std=0.1)

@@ -5,22 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class TinyEncoder(nn.Module):
-    """A bidirectional transformer encoder: the simplest masked diffusion backbone a user might write."""
-
-    def __init__(self, vocab: int = 32, width: int = 16, layers: int = 2, heads: int = 2, max_len: int = 64) -> None:
-        super().__init__()
-        self.tok_emb = nn.Embedding(vocab, width)
-        self.pos_emb = nn.Parameter(torch.randn(max_len, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok_emb(input_ids) + self.pos_emb[: input_ids.shape[1]]  # (b, n, d)
-        return self.head(self.norm(self.blocks(x)))  # (b, n, V)
+from relaykit.testing.encoder import ToyEncoder
 
 
 class TinyMDM(nn.Module):
@@ -28,7 +13,7 @@ class TinyMDM(nn.Module):
 
     def __init__(self, vocab: int = 32, width: int = 16, layers: int = 2, max_len: int = 64) -> None:
         super().__init__()
-        self.encoder = TinyEncoder(vocab, width, layers, max_len=max_len)
+        self.encoder = ToyEncoder(vocab, width, layers, heads=2, max_len=max_len, ffn_ratio=2)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.encoder(input_ids)

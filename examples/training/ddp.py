@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import MASK, ToyMDM, progressions  # noqa: E402
+from toy import MASK, progressions, toy_mdm  # noqa: E402
 
 import relaykit  # noqa: E402
 from relaykit import PersistentRollout, RelayModel, TopK  # noqa: E402
@@ -35,7 +35,7 @@ from relaykit import PersistentRollout, RelayModel, TopK  # noqa: E402
 def build(seed: int, dtype: torch.dtype) -> RelayModel:
     """The same model on every rank (same seed); a non-zero channel so that h matters from the first step."""
     torch.manual_seed(seed)
-    relay = relaykit.attach(ToyMDM(width=16, layers=1).to(dtype), embedding="tok", final_hidden="norm",
+    relay = relaykit.attach(toy_mdm(width=16, layers=1).to(dtype), embedding="tok_emb", final_hidden="norm",
                             mask_token_id=MASK)  # fmt: skip
     with torch.no_grad():
         relay.channel.proj.weight.normal_(0.0, 0.2)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import MASK, ToyMDM, progressions  # noqa: E402
+from toy import MASK, progressions, toy_mdm  # noqa: E402
 
 import relaykit  # noqa: E402
 from relaykit import Threshold  # noqa: E402
@@ -52,7 +52,7 @@ def make_trainer(output_dir: str, *, max_steps: int, batch_size: int = 8, seed: 
         pass
 
     torch.manual_seed(seed)
-    relay = relaykit.attach(ToyMDM(), embedding="tok", final_hidden="norm", mask_token_id=MASK)
+    relay = relaykit.attach(toy_mdm(), embedding="tok_emb", final_hidden="norm", mask_token_id=MASK)
     options = {
         "learning_rate": 3e-3,
         "use_cpu": True,
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> Any:
     final = Path(args.output_dir) / "final"
     trainer.save_model(str(final))  # relaykit's format: the channel and the trained backbone
     torch.manual_seed(0)
-    restored = relaykit.RelayModel.from_pretrained(ToyMDM(), final)  # a fresh copy of the original backbone
+    restored = relaykit.RelayModel.from_pretrained(toy_mdm(), final)  # a fresh copy of the original backbone
     relay = trainer.model
     z = torch.full((2, 12), MASK)
     with torch.no_grad():

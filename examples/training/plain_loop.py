@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy import MASK, ToyMDM, progressions  # noqa: E402
+from toy import MASK, progressions, toy_mdm  # noqa: E402
 
 import relaykit  # noqa: E402
 from relaykit import PersistentRollout, Threshold  # noqa: E402
@@ -27,7 +27,7 @@ from relaykit import PersistentRollout, Threshold  # noqa: E402
 
 def build(method: str, *, batch_size: int, length: int, seed: int) -> tuple[relaykit.RelayModel, PersistentRollout]:
     torch.manual_seed(seed)
-    relay = relaykit.attach(ToyMDM(), embedding="tok", final_hidden="norm", mask_token_id=MASK)
+    relay = relaykit.attach(toy_mdm(), embedding="tok_emb", final_hidden="norm", mask_token_id=MASK)
     data = progressions(batch_size, length, seed=seed)
     driver = PersistentRollout(relay, data, method=method, policy=Threshold(0.9), seed=seed)
     return relay, driver
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     if args.out is not None:
         relay.save_pretrained(args.out)  # the channel and, as the optimiser trained it, the backbone
         torch.manual_seed(args.seed)
-        restored = relaykit.RelayModel.from_pretrained(ToyMDM(), args.out)  # a fresh copy of the original backbone
+        restored = relaykit.RelayModel.from_pretrained(toy_mdm(), args.out)  # a fresh copy of the original backbone
         z = torch.full((2, args.length), MASK)
         with torch.no_grad():
             same = torch.equal(restored(z, state=restored(z).state).logits, relay(z, state=relay(z).state).logits)

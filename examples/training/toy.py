@@ -9,26 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch import nn
+
+from relaykit.testing.encoder import ToyEncoder
 
 VOCAB, MASK, DIGITS = 11, 10, 10
 
 
-class ToyMDM(nn.Module):
-    """A small bidirectional transformer: token embedding ``tok``, encoder, final norm ``norm``, LM head."""
-
-    def __init__(self, width: int = 32, layers: int = 2, heads: int = 4, max_len: int = 64) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(VOCAB, width)
-        self.pos = nn.Parameter(torch.randn(max_len, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, VOCAB)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok(input_ids) + self.pos[: input_ids.shape[1]]  # (b, n, d)
-        return self.head(self.norm(self.encoder(x)))  # (b, n, V)
+def toy_mdm(width: int = 32, layers: int = 2, heads: int = 4, max_len: int = 64) -> ToyEncoder:
+    """relaykit's toy encoder MDM for this task: embedding ``tok_emb``, final norm ``norm``, LM head over 11 tokens."""
+    return ToyEncoder(VOCAB, width, layers, heads, max_len)
 
 
 def progressions(batch: int, length: int, *, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -34,23 +34,7 @@ from relaykit.bench._peak import Peak, measure
 from relaykit.policies import TopK
 from relaykit.relay import RelayModel
 from relaykit.rollout import _step_loss_terms, bptt_rollout, initial_z
-
-
-class Encoder(nn.Module):
-    """A plain bidirectional transformer MDM (pure PyTorch), sized by the command line."""
-
-    def __init__(self, vocab: int, width: int, layers: int, heads: int, max_len: int) -> None:
-        super().__init__()
-        self.tok = nn.Embedding(vocab, width)
-        self.pos = nn.Parameter(torch.randn(max_len, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tok(input_ids) + self.pos[: input_ids.shape[1]]  # (b, n, d)
-        return self.head(self.norm(self.encoder(x)))  # (b, n, V)
+from relaykit.testing.encoder import ToyEncoder
 
 
 def build(args: argparse.Namespace) -> RelayModel:
@@ -58,10 +42,10 @@ def build(args: argparse.Namespace) -> RelayModel:
     torch.manual_seed(0)
     mask = args.vocab - 1
     if args.backbone == "encoder":
-        model: nn.Module = Encoder(args.vocab, args.width, args.layers, args.heads, args.length)
+        model: nn.Module = ToyEncoder(args.vocab, args.width, args.layers, args.heads, args.length)
         if args.checkpointing:
             raise SystemExit("--checkpointing needs an HF backbone (--backbone qwen2 or llama)")
-        relay = attach(model, embedding="tok", final_hidden="norm", mask_token_id=mask)
+        relay = attach(model, embedding="tok_emb", final_hidden="norm", mask_token_id=mask)
     else:
         import transformers  # an optional dependency: only for the HF backbones
 
