@@ -211,3 +211,22 @@ def test_training_examples_save_and_reload_the_trained_model(
     assert "logits equal to the trained model's: True" in printed
     saved = json.loads((tmp_path / "final" / CONFIG_NAME).read_text())
     assert saved["backbone_weights"] is not None  # the trained backbone is in the folder
+
+
+def test_fingerprint_sees_any_change() -> None:
+    from relaykit.fingerprint import changed_tensors, fingerprint
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 4), torch.nn.BatchNorm1d(4))
+    reference = fingerprint(model)
+    assert changed_tensors(model, reference) == []
+    with torch.no_grad():
+        model[0].weight[5, 7] = torch.nextafter(model[0].weight[5, 7], torch.tensor(2.0))  # one ulp
+        row = model[1].weight[0].clone()
+        model[1].weight[0], model[1].weight[3] = model[1].weight[3].clone(), row  # rows swapped
+        model[2].num_batches_tracked += 1  # a buffer
+    assert changed_tensors(model, reference) == ["0.weight", "1.weight", "2.num_batches_tracked"]
+    odd = torch.nn.Module()
+    odd.register_buffer("values", torch.arange(11, dtype=torch.float16)[1:])  # storage offset not 8-byte aligned
+    assert fingerprint(odd) is not None
+    with torch.device("meta"):
+        assert fingerprint(torch.nn.Linear(2, 2)) is None  # no values: counts as changed

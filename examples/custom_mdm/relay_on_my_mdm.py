@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     x0, maskable = sorting_task(64, 6, g)  # 3. decode: relaykit's loop, or your own inside relay.session()
     out = relaykit.generate(relay, x0[:, :7], max_new_tokens=6, policy=Threshold(0.9))
     accuracy = (out.sequences == x0).all(-1).float().mean().item()
-    with tempfile.TemporaryDirectory() as folder:  # 4. save / load: two small files, the channel only
+    with tempfile.TemporaryDirectory() as folder:  # 4. save / load: the channel and the trained backbone
         relay.save_pretrained(folder)
         relay.detach()
         relay = RelayModel.from_pretrained(model, folder)
