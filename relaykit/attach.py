@@ -16,7 +16,7 @@ from torch import nn
 from relaykit.adapter import Adapter
 from relaykit.adapters import resolve_adapter
 from relaykit.channel import ChannelConfig
-from relaykit.model import RelayCore, Update
+from relaykit.model import Empty, RelayCore, Update
 from relaykit.relay import RelayModel
 from relaykit.resolve import resolve_hidden_size, resolve_mask_token_id
 
@@ -32,6 +32,7 @@ def attach(
     mask_token_id: int | None = None,
     hidden_size: int | None = None,
     update: Update = "masked",
+    empty: Empty = "skip",
     **channel_options: Any,
 ) -> RelayModel:
     """Attach a zero-initialised relay channel to ``model`` and return the :class:`RelayModel` wrapping it.
@@ -45,6 +46,9 @@ def attach(
         hidden_size: width of the final hidden state when it cannot be read from the modules or config.
         update: ``"masked"`` (write h only where the input is the mask token; default, needed with caches) or
             ``"all"`` (Algorithm 1 as printed; cache-free full-sequence use).
+        empty: what positions without a state receive: ``"skip"`` (nothing, the bare embedding; default) or
+            ``"zero"`` (h = 0 there, so R(0) is added everywhere from the first step, as Algorithm 1 as printed;
+            still the identity at attach because R is zero-initialised; cache-free use only).
         **channel_options: ChannelConfig fields: ``kind`` ("linear" | "mlp" | "gated"), ``norm``, ``mlp_ratio``,
             ``bias``, ``embedding_size``.
     """
@@ -61,4 +65,4 @@ def attach(
     mask = resolve_mask_token_id(mask_token_id, lambda: chosen.mask_token_id(model), chosen.vocab_size(model))
     d = resolve_hidden_size(lambda: chosen.hidden_size(model), hidden_size)
     config = ChannelConfig(hidden_size=d, embedding_size=chosen.embedding_size(model), **channel_options)
-    return RelayModel.build(model, chosen, config, mask_token_id=mask, update=update)
+    return RelayModel.build(model, chosen, config, mask_token_id=mask, update=update, empty=empty)

@@ -30,6 +30,8 @@ from relaykit.channel import ChannelConfig
 FORMAT_VERSION = 2
 UpdateRule = Literal["masked", "all"]
 _UPDATES = ("masked", "all")
+EmptyRule = Literal["skip", "zero"]
+_EMPTIES = ("skip", "zero")
 
 
 def _describe(value: Any) -> str:
@@ -52,6 +54,8 @@ class RelayConfig:
         mask_token_id: the token id that marks a masked position; relay writes h where the input holds it.
         update: ``"masked"`` (write h only at still-masked positions; the default, required with KV caches) or
             ``"all"`` (every fed position; cache-free use).
+        empty: ``"skip"`` (no relay term where no state exists; the default) or ``"zero"`` (R(0) there,
+            Algorithm 1's h_0 = 0; cache-free use).
         backbone: the backbone's ``config._name_or_path`` (or class name) when the relay was saved.
         vocab_size: the backbone embedding's vocabulary when saved (None when unknown).
         backbone_weights: the file holding the backbone's weights in this folder (``model.safetensors`` or, sharded,
@@ -66,6 +70,7 @@ class RelayConfig:
     channel: ChannelConfig
     mask_token_id: int
     update: UpdateRule = "masked"
+    empty: EmptyRule = "skip"
     backbone: str = ""
     vocab_size: int | None = None
     backbone_weights: str | None = None
@@ -99,6 +104,8 @@ class RelayConfig:
             raise bad("mask_token_id", "an int >= 0", self.mask_token_id)
         if self.update not in _UPDATES:
             raise bad("update", f"one of {_UPDATES}", self.update)
+        if self.empty not in _EMPTIES:
+            raise bad("empty", f"one of {_EMPTIES}", self.empty)
         if not isinstance(self.backbone, str):
             raise bad("backbone", "a string", self.backbone)
         if self.vocab_size is not None and (not _is_int(self.vocab_size) or self.vocab_size < 1):

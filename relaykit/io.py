@@ -83,6 +83,7 @@ def relay_config(relay: RelayCore) -> RelayConfig:
         channel=relay.channel.config,
         mask_token_id=relay.mask_token_id,
         update=relay.update,
+        empty=relay.empty,
         backbone=backbone_name(relay.backbone),
         vocab_size=relay.adapter.vocab_size(relay.backbone),
     )
@@ -306,7 +307,7 @@ def load_relay(
             f"{type(model).__name__} has (hidden, embedding) = {actual_shape}"
         )
     mask = _mask_id(config, model, chosen, mask_token_id, str(config_path))
-    relay = relay_class.build(model, chosen, saved, mask_token_id=mask, update=config.update)
+    relay = relay_class.build(model, chosen, saved, mask_token_id=mask, update=config.update, empty=config.empty)
     try:
         if config.backbone_weights is not None:
             load_backbone(model, folder, config.backbone_weights, skip_prefix=CHANNEL_PREFIX, fetch=fetch)

@@ -11,6 +11,10 @@ optimisers see one fixed module tree):
   token is the mask token (``update="masked"``, the default, required with KV caches) or everywhere
   (``update="all"``, Algorithm 1 as printed, cache-free use only).
 
+Positions without a state (never written: h = 0) get no relay term by default (``empty="skip"``: the bare
+embedding). ``empty="zero"`` adds R(0) there, as Algorithm 1 does with h_0 = 0 (after training R(0) is a learned
+bias; before, R is zero-initialised so attaching stays the identity); cache-free use only, like ``update="all"``.
+
 Hooks do nothing unless a *slot* is active: an explicit ``relay(input_ids, state=...)`` call opens one for
 the call, ``relay.session()`` opens one for an unchanged third-party decoding loop. The channel lives in one
 child module of the backbone (``relay_channel``) so DDP/FSDP and optimisers see it; ``detach()`` removes it
@@ -47,17 +51,19 @@ from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import float_dtype_device
 from relaykit.slots import (
     Call,
+    Empty,
     RelayOutput,
     RelaySession,
     Slot,
     Update,
     check_cache_batch,
+    check_empty,
     check_update,
     embedding_ids,
 )
 from relaykit.state import RelayState
 
-__all__ = ["CHANNEL_ATTR", "RelayCore", "RelayOutput", "RelaySession", "Update", "unwrap_relay"]
+__all__ = ["CHANNEL_ATTR", "Empty", "RelayCore", "RelayOutput", "RelaySession", "Update", "unwrap_relay"]
 
 CHANNEL_ATTR = "relay_channel"
 R = TypeVar("R", bound="RelayCore")
@@ -79,12 +85,14 @@ class RelayCore(nn.Module):
         *,
         mask_token_id: int,
         update: Update = "masked",
+        empty: Empty = "skip",
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.adapter = adapter
         self.mask_token_id = int(mask_token_id)
         self.update = check_update(update)
+        self.empty = check_empty(empty)
         # plain attributes (not submodules): the channel is registered once, on the backbone
         object.__setattr__(self, "_channel", channel)
         self._slots: list[Slot] = []
@@ -106,6 +114,7 @@ class RelayCore(nn.Module):
         *,
         mask_token_id: int,
         update: Update = "masked",
+        empty: Empty = "skip",
     ) -> R:
         """Attach a fresh (zero-initialised) channel of design ``config`` to ``backbone``, in the dtype and device of
         the adapter's embedding. ``attach`` and persistence both build through here once they have resolved the
@@ -114,7 +123,7 @@ class RelayCore(nn.Module):
         dtype, device = float_dtype_device(adapter.embedding(backbone))
         if dtype is not None:
             channel = channel.to(dtype=dtype, device=device)
-        return cls(backbone, adapter, channel, mask_token_id=mask_token_id, update=update)
+        return cls(backbone, adapter, channel, mask_token_id=mask_token_id, update=update, empty=empty)
 
     # ------------------------------------------------------------------ attach / detach
     def _register(self) -> None:
@@ -212,6 +221,11 @@ class RelayCore(nn.Module):
                 "update='all' writes h at committed positions, which would make a KV cache stale; use "
                 "update='masked' (the default) whenever the backbone is called with a cache"
             )
+        if self.empty == "zero" and plan.uses_cache:
+            raise ValueError(
+                "empty='zero' adds R(0) at positions without a state, committed ones included, which would make a "
+                "KV cache stale; attach with empty='skip' (the default) to decode with a cache"
+            )
         check_cache_batch(plan.cache, fed.shape[0])
         columns = None if plan.columns is None else slice(*plan.columns.indices(fed.shape[1]))
         ids = fed if columns is None else fed[:, columns]  # (b, q'): e.g. the noisy half of [x_t ; x_0]
@@ -224,17 +238,25 @@ class RelayCore(nn.Module):
         lo, end = self._span(plan, positions)  # Python ints: from the plan (no sync) or read once
         call.ids, call.plan, call.end = ids, replace(plan, columns=columns), end
         state = slot.state
+        zero = self.empty == "zero"  # positions without a state take R(0) (Algorithm 1's h_0 = 0)
         if state is None:
-            return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
-        state.check_batch(ids.shape[0])
-        state = slot.state = state.extend(end)  # new positions on the right start empty (h = 0)
-        if end > lo:
-            state.check_covers(lo, end - 1)  # a state windowed past the fed positions is an error, not a silent miss
-        if plan.span is not None:  # the same contiguous positions in every row: slices, no index tensors
-            hidden, filled = state.read(lo, end)  # (b, q, d), (b, q)
+            if not zero:
+                return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
+            d = self._channel.config.hidden_size
+            hidden = output.new_zeros(*ids.shape, d, dtype=self._channel.proj.weight.dtype)  # (b, q, d)
+            filled = torch.zeros_like(ids, dtype=torch.bool)  # (b, q)
         else:
-            hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
-        use = (filled & ~bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists, never in a relay-free pass
+            state.check_batch(ids.shape[0])
+            state = slot.state = state.extend(end)  # new positions on the right start empty (h = 0)
+            if end > lo:
+                state.check_covers(lo, end - 1)  # a state windowed past the fed positions is an error
+            if plan.span is not None:  # the same contiguous positions in every row: slices, no index tensors
+                hidden, filled = state.read(lo, end)  # (b, q, d), (b, q)
+            else:
+                hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
+        if zero:
+            hidden = hidden.masked_fill(~filled.unsqueeze(-1), 0)  # (b, q, d): h = 0 where no state exists
+        use = ((filled | zero) & ~bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists (or everywhere)
         # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
         # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
         hidden = hidden.masked_fill(~use, 0)  # unused positions never enter the channel's graph
@@ -369,7 +391,9 @@ class RelayCore(nn.Module):
             self._disabled -= 1
 
     def extra_repr(self) -> str:
-        return f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}"
+        return (
+            f"adapter={self.adapter.name}, mask_token_id={self.mask_token_id}, update={self.update}, empty={self.empty}"
+        )
 
 
 def unwrap_relay(model: nn.Module, *, caller: str = "bptt_rollout") -> RelayCore:

@@ -26,6 +26,7 @@ from relaykit.plan import CallPlan
 from relaykit.state import RelayState
 
 Update = Literal["masked", "all"]
+Empty = Literal["skip", "zero"]
 
 
 @dataclass
@@ -83,6 +84,15 @@ def check_update(update: str) -> Update:
     if update not in ("masked", "all"):
         raise ValueError(f"update must be 'masked' (default; required with KV caches) or 'all', got {update!r}")
     return update  # type: ignore[return-value]
+
+
+def check_empty(empty: str) -> Empty:
+    if empty not in ("skip", "zero"):
+        raise ValueError(
+            f"empty must be 'skip' (default: no relay term where no state exists) or 'zero' (add R(0) there, "
+            f"Algorithm 1 as printed), got {empty!r}"
+        )
+    return empty  # type: ignore[return-value]
 
 
 class RelaySession:

@@ -17,7 +17,7 @@ from test_sudoku_csv import text
 from test_sudoku_grid import EASY, EASY_SOLUTION, HARD
 
 TINY = ["width=16", "layers=1", "heads=2", "budget=12", "warm=6", "batch=8", "train_puzzles=20", "eval_puzzles=6"]
-TINY += ["eval_batch=8", "checkpoint_every=4", "thresholds=0.0,0.3", "givens=30,34"]
+TINY += ["eval_batch=8", "checkpoint_every=4", "thresholds=0.0,0.3", "givens=30,34", "val_puzzles=4"]
 
 
 def test_quick_preset_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,15 +29,20 @@ def test_quick_preset_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert (out / "pareto.png").stat().st_size > 1000
     methods = list(METHODS) + ["relay_sg_h0", "relay_h0"]
     assert {r["method"] for r in rows} == set(methods)
-    assert all(tuple(r) == KEYS for r in rows)
+    assert all(tuple(r) == KEYS + ("cells_per_forward",) for r in rows)
+    assert {r["puzzles"] for r in rows if r["subset"] == "val"} == {4}  # the validation set, another seed
     alls = [r for r in rows if r["subset"] == "all"]
     assert len(alls) == len(methods) * 2 and all(r["puzzles"] == 6 for r in alls)
     assert {r["threshold"] for r in rows} == {0.0, 0.3}
     for r in rows:
         assert 0 <= r["accuracy"] <= r["cell_accuracy"] <= 1 or r["accuracy"] == 1
         assert 0 <= r["legal_fraction"] <= 1 and r["nfe"] >= 1
-    table_lines = [line for line in printed.splitlines() if line.split()[:1] and line.split()[0] in methods]
+    words = [line.split() for line in printed.splitlines()]
+    table_lines = [w for w in words if len(w) > 2 and w[0] in methods and w[2] in ("all", "deducible", "search", "val")]
     assert len(table_lines) == len(rows)  # the 'all' table plus the per-subset table
+    compared = json.loads((out / "comparisons.json").read_text())
+    assert {(c["method"], c["ref"]) for c in compared} >= {("relay", "mlm"), ("relay", "rollout"), ("mlm", "rollout")}
+    assert len([w for w in words if len(w) > 2 and w[0] == "relay" and w[1] in ("mlm", "rollout")]) == 4
     # a rerun resumes from the finished checkpoints and cached evaluations: same rows
     assert run.main(argv) == 0
     assert json.loads((out / "results.json").read_text()) == rows
@@ -46,7 +51,7 @@ def test_quick_preset_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     csv.write_text(f"quizzes,solutions\n{text(EASY, '0')},{text(EASY_SOLUTION, '0')}\n{text(HARD, '0')},\n")
     assert run.main([*argv, "--eval-file", str(csv)]) == 0
     ext = json.loads((out / "results.json").read_text())
-    assert {(r["subset"], r["puzzles"]) for r in ext} == {("all", 2), ("deducible", 1), ("search", 1)}
+    assert {(r["subset"], r["puzzles"]) for r in ext} == {("all", 2), ("deducible", 1), ("search", 1), ("val", 4)}
     # evaluation-only settings reuse the trained checkpoints; training settings refuse the folder
     assert run.main([*argv, "thresholds=0.1"]) == 0
     assert {r["threshold"] for r in json.loads((out / "results.json").read_text())} == {0.1}

@@ -29,12 +29,14 @@ VOCAB = 10
 
 @dataclass
 class ModelConfig:
-    """Size of the encoder: width d, number of layers, attention heads, feed-forward multiple."""
+    """Size of the encoder: width d, number of layers, attention heads, feed-forward multiple; ``tied`` shares the
+    token embedding with the output head (Emb = UnEmb^T, the paper's headline rows)."""
 
     width: int = 128
     layers: int = 4
     heads: int = 4
     ff_mult: int = 4
+    tied: bool = False
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -43,7 +45,7 @@ class ModelConfig:
 class SudokuMDM(nn.Module):
     """A bidirectional transformer over the 81 cells: tokens (b, 81) -> logits (b, 81, 10)."""
 
-    def __init__(self, width: int = 128, layers: int = 4, heads: int = 4, ff_mult: int = 4) -> None:
+    def __init__(self, width: int = 128, layers: int = 4, heads: int = 4, ff_mult: int = 4, tied: bool = False) -> None:
         super().__init__()
         self.tok = nn.Embedding(VOCAB, width)
         self.row = nn.Embedding(9, width)
@@ -61,6 +63,8 @@ class SudokuMDM(nn.Module):
         self.head = nn.Linear(width, VOCAB)
         for emb in (self.tok, self.row, self.col, self.box):
             nn.init.normal_(emb.weight, std=0.02)
+        if tied:
+            self.head.weight = self.tok.weight  # (V, d) shared: logits = h @ Emb^T + bias
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> SudokuMDM:
@@ -72,6 +76,16 @@ class SudokuMDM(nn.Module):
         return self.head(self.norm(self.blocks(x)))  # (b, n, V)
 
 
-def attach_relay(model: SudokuMDM, *, kind: str = "linear", update: str = "masked") -> relaykit.RelayModel:
+def attach_relay(
+    model: SudokuMDM, *, kind: str = "linear", update: str = "masked", empty: str = "skip"
+) -> relaykit.RelayModel:
     """Relay on the Sudoku MDM through the generic adapter: two module paths and the mask id."""
-    return relaykit.attach(model, embedding="tok", final_hidden="norm", mask_token_id=MASK, kind=kind, update=update)
+    return relaykit.attach(
+        model,
+        embedding="tok",
+        final_hidden="norm",
+        mask_token_id=MASK,
+        kind=kind,  # type: ignore[arg-type]
+        update=update,  # type: ignore[arg-type]
+        empty=empty,  # type: ignore[arg-type]
+    )

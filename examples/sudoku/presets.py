@@ -35,10 +35,15 @@ class Preset:
     train_threshold: float = 0.9  # unmasking policy during the rollout (confidence threshold)
     train_fraction: float = 0.2  # ... and at least this fraction of the masked cells per step (0: threshold only)
     relay_lr: float = 1e-3
+    relay_schedule: str = "continue"  # K-step phase: "continue" the cosine, or "restart" it (warm-up + cosine)
     channel: str = "linear"
-    update: str = "masked"
+    update: str = "masked"  # where h is written: "masked" (still-masked cells) or "all" (Algorithm 1 as printed)
+    empty: str = "skip"  # relay term where no state exists: "skip" (none) or "zero" (R(0), Algorithm 1's h_0 = 0)
     thresholds: tuple[float, ...] = (0.7, 0.85, 0.95, 0.99)  # 0.85 is the paper's tau = 0.15
     eval_batch: int = 200
+    val_puzzles: int = 200  # validation puzzles (another seed than the evaluation set): recipes are chosen here
+    hard_puzzles: int = 0  # extra evaluation puzzles with ``hard_givens`` clues, reported as subset "hard"
+    hard_givens: tuple[int, int] = (22, 24)
     checkpoint_every: int = 100  # passes between checkpoints
 
     def with_overrides(self, pairs: list[str]) -> Preset:
@@ -52,7 +57,7 @@ class Preset:
             if not sep:
                 raise ValueError(f"--set expects key=value, got {pair!r}")
             if key in mod:
-                model_changes[key] = int(raw)
+                model_changes[key] = _parse(raw, getattr(self.model, key))
             elif key in top and key not in ("name", "model"):
                 changes[key] = _parse(raw, getattr(self, key))
             else:
@@ -65,6 +70,9 @@ class Preset:
         return preset
 
     def check(self) -> None:
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if not 0 <= self.warm < self.budget:
             raise ValueError(f"warm must be in 0..budget-1 passes, got warm={self.warm}, budget={self.budget}")
         if (self.budget - self.warm) < self.k:
@@ -74,13 +82,57 @@ class Preset:
         return dataclasses.asdict(self)
 
 
+#: settings with a fixed set of values
+CHOICES = {
+    "relay_schedule": ("continue", "restart"),
+    "channel": ("linear", "mlp", "gated"),
+    "update": ("masked", "all"),
+    "empty": ("skip", "zero"),
+}
+
+
 def _parse(raw: str, current: object) -> object:
     if isinstance(current, tuple):
         kind = type(current[0]) if current else float
         return tuple(kind(v) for v in raw.split(",") if v)
     if isinstance(current, bool):
+        if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError(f"--set expects a boolean (true/false, 1/0, yes/no), got {raw!r}")
         return raw.lower() in ("1", "true", "yes")
     return type(current)(raw)
+
+
+#: what each --set key means (run.py --help prints these with each preset's values)
+HELP = {
+    "train_puzzles": "generated training pool (augmented by random symmetries at every draw)",
+    "eval_puzzles": "evaluation puzzles (reported; never used to choose a recipe)",
+    "val_puzzles": "validation puzzles, another generator seed: choose recipes on subset 'val'",
+    "hard_puzzles": "extra evaluation puzzles with hard_givens clues, reported as subset 'hard' (0: none)",
+    "hard_givens": "clue-count range of the hard puzzles",
+    "givens": "clue-count range of generated training, evaluation and validation puzzles",
+    "batch": "training batch",
+    "lr": "backbone learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "optimiser steps of linear warm-up",
+    "budget": "training passes per method (forward + backward), warm start included",
+    "warm": "MLM passes the K-step methods start from",
+    "k": "TBPTT window (passes per optimiser step of the K-step methods)",
+    "train_threshold": "training rollout: commit cells with confidence >= this ...",
+    "train_fraction": "... and at least this fraction of the masked cells per step (0: threshold only)",
+    "relay_lr": "learning rate of the relay channel (its own optimiser group)",
+    "relay_schedule": "K-step phase: 'continue' the MLM cosine, or 'restart' (warm-up + cosine over budget - warm)",
+    "channel": "relay channel kind: linear | mlp | gated",
+    "update": "where h is written: masked (still-masked cells) | all (every cell, Algorithm 1 as printed)",
+    "empty": "relay term where no state exists: skip (none) | zero (R(0), Algorithm 1's h_0 = 0)",
+    "thresholds": "decoding confidence thresholds (evaluation only)",
+    "eval_batch": "puzzles decoded at once (evaluation only)",
+    "checkpoint_every": "passes between checkpoints",
+    "width": "model width d",
+    "layers": "encoder layers",
+    "heads": "attention heads",
+    "ff_mult": "feed-forward width multiple",
+    "tied": "tie the token embedding and the output head (Emb = UnEmb^T)",
+}
 
 
 PRESETS = {
@@ -95,10 +147,11 @@ PRESETS = {
         warm=400,
         checkpoint_every=50,
         eval_batch=100,
+        val_puzzles=100,
         thresholds=(0.7, 0.9, 0.99),
     ),
     # the README's main command: <= 30 minutes on 2 CPU cores
-    "default": Preset(name="default"),
+    "default": Preset(name="default", hard_puzzles=100),
     # for a GPU: a larger model, a longer run, a bigger evaluation set
     "gpu": Preset(
         name="gpu",
@@ -113,7 +166,17 @@ PRESETS = {
         budget=40000,
         warm=20000,
         eval_batch=500,
+        val_puzzles=1000,
+        hard_puzzles=1000,
         checkpoint_every=1000,
         thresholds=(0.5, 0.7, 0.85, 0.95, 0.99, 0.999),
     ),
+}
+
+#: one line per preset for ``run.py --help``
+DESCRIPTIONS = {
+    "quick": "a first look: d=96, 3 layers, 800 passes per method, easier puzzles; ~4 min on 2 free cores",
+    "default": "the study: d=128, 4 layers, 1800 passes per method (warm 900), 26-30 givens, a 22-24-given "
+    "'hard' subset; ~20 min on 2 free cores",
+    "gpu": "for a GPU: d=256, 8 layers, 40000 passes per method, 22-28 givens, 1000 evaluation puzzles",
 }

@@ -34,7 +34,7 @@ from sudoku.presets import METHODS, Preset
 def build(preset: Preset, device: torch.device) -> tuple[SudokuMDM, relaykit.RelayModel]:
     """A fresh model with relay attached (zero channel: the bare model until relay is trained)."""
     model = SudokuMDM.from_config(preset.model).to(device)
-    return model, attach_relay(model, kind=preset.channel, update=preset.update)
+    return model, attach_relay(model, kind=preset.channel, update=preset.update, empty=preset.empty)
 
 
 def make_optimizer(relay: relaykit.RelayModel, preset: Preset) -> torch.optim.Optimizer:
@@ -48,14 +48,25 @@ def make_optimizer(relay: relaykit.RelayModel, preset: Preset) -> torch.optim.Op
     return torch.optim.AdamW(groups, weight_decay=preset.weight_decay)
 
 
-def schedule(optimizer: torch.optim.Optimizer, passes: int, preset: Preset) -> None:
-    """Linear warm-up, then cosine decay to 10% over the whole budget; a function of passes spent, for all methods."""
-    steps = passes + 1
+def lr_factor(passes: int, preset: Preset, method: str = "mlm") -> float:
+    """Linear warm-up, then cosine decay to 10% over the whole budget; a function of passes spent, for all methods.
+
+    With ``relay_schedule="restart"`` the K-step methods restart it at the warm start: warm-up, then a cosine over
+    the ``budget - warm`` passes they train (the MLM phase they start from is unchanged).
+    """
+    start, length = 0, preset.budget
+    if preset.relay_schedule == "restart" and method != "mlm" and passes >= preset.warm:
+        start, length = preset.warm, preset.budget - preset.warm
+    steps = passes - start + 1
     if steps <= preset.warmup:
-        factor = steps / preset.warmup
-    else:
-        progress = min(1.0, (passes - preset.warmup) / max(1, preset.budget - preset.warmup))
-        factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return steps / preset.warmup
+    progress = min(1.0, (passes - start - preset.warmup) / max(1, length - preset.warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule(optimizer: torch.optim.Optimizer, passes: int, preset: Preset, method: str = "mlm") -> None:
+    """Set every group's learning rate to its ``base_lr`` times :func:`lr_factor`."""
+    factor = lr_factor(passes, preset, method)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
 
@@ -184,7 +195,7 @@ def train(
         checkpoint(warm_path)
     while passes + cost <= preset.budget:
         t0 = time.perf_counter()
-        schedule(optimizer, passes, preset)
+        schedule(optimizer, passes, preset, method)
         res = driver.step()
         loss = res.loss / res.k  # mean over the window's steps: the same scale as one MLM pass
         optimizer.zero_grad(set_to_none=True)
