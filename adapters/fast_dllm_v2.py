@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from relaykit.adapters._family import FamilyAdapter
 from relaykit.cachearg import cache_argument
 from relaykit.kvcache import DecodeCall
-from relaykit.plan import Binding, CallPlan, all_bare, hf_positions
+from relaykit.plan import Binding, CallPlan, all_bare, hf_positions, hf_span
 from relaykit.resolve import Side, resolve_module
 
 PUBLISHED_MASK_ID = 151665
@@ -84,14 +84,21 @@ class FastDLLMv2Adapter(FamilyAdapter):
         if isinstance(labels, Tensor) and q == 2 * labels.shape[-1]:  # [x_t ; x_0]: relay on x_t
             half = torch.arange(q // 2, device=ids.device).expand(b, q // 2)
             return CallPlan(
-                half, bare[:, : q // 2], columns=slice(0, q // 2), cache=cache, uses_cache=cache is not None
+                half,
+                bare[:, : q // 2],
+                columns=slice(0, q // 2),
+                cache=cache,
+                uses_cache=cache is not None,
+                span=(0, q // 2),
             )
         start = hf_positions(ids, kwargs, cache)[:, :1]  # (b, 1): cache_len
+        span = hf_span(ids, kwargs, cache)  # (cache_len, cache_len + q) unless position_ids were passed
         replace = kwargs.get("replace_position")
         if kwargs.get("use_block_cache") and replace is not None:
             start = start + int(replace)  # sub-block inside the cached block
+            span = None if span is None else (span[0] + int(replace), span[1] + int(replace))
         positions = start + torch.arange(q, device=ids.device)  # (b, q)
-        return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None)
+        return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None, span=span)
 
     def clean_layout(self, model: nn.Module) -> bool:
         return True

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from relaykit.adapters._family import FamilyAdapter
 from relaykit.cachearg import cache_argument
 from relaykit.kvcache import DecodeCall
-from relaykit.plan import Binding, CallPlan, all_bare, clean_rows, hf_positions
+from relaykit.plan import Binding, CallPlan, all_bare, clean_rows, hf_positions, hf_span
 from relaykit.resolve import Side, resolve_module
 
 PUBLISHED_MASK_ID = 126336
@@ -93,7 +93,8 @@ class LLaDAAdapter(FamilyAdapter):
         positions = hf_positions(ids, kwargs, cache) if replace is None else _replaced_columns(ids, replace)
         refresh = bool(kwargs.get("use_cache")) and cache is None
         bare = all_bare(ids, True) if refresh else clean_rows(ids, mask_token_id)
-        return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None)
+        span = hf_span(ids, kwargs, cache) if replace is None else None  # a dual cache's columns are read (one sync)
+        return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None, span=span)
 
     def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
         """LLaDA's own arguments for :func:`relaykit.generate`: a list cache and a dual-cache ``replace_position``.

@@ -166,7 +166,11 @@ class MDLMAdapter(FamilyAdapter):
             positions = positions[:, columns]  # (b, q')
         bare = torch.full_like(positions, bool(kwargs.get("store_kv")), dtype=torch.bool)
         cache = cache_argument(binding.call_module, args, kwargs)
-        return CallPlan(positions, bare, columns=columns, cache=cache, uses_cache=cached or cache is not None)
+        lo = start + (0 if columns is None else columns.indices(q)[0])
+        span = (lo, lo + positions.shape[1])  # Python ints: no sync
+        return CallPlan(
+            positions, bare, columns=columns, cache=cache, uses_cache=cached or cache is not None, span=span
+        )
 
     def clean_layout(self, model: nn.Module) -> bool:
         return self._block_diffusion(model) is not None  # BD3-LM with cross_attn

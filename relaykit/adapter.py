@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from relaykit.cachearg import cache_argument, cache_parameter, output_cache
 from relaykit.kvcache import Attention, DecodeCall, crop_cache
-from relaykit.plan import Binding, CallPlan, clean_rows, hf_positions
+from relaykit.plan import Binding, CallPlan, clean_rows, hf_positions, hf_span
 from relaykit.resolve import (
     Side,
     config_mask_id,
@@ -35,7 +35,7 @@ from relaykit.resolve import (
     module_path,
 )
 
-__all__ = ["Adapter", "Binding", "CallPlan", "Side", "clean_rows", "hf_positions"]
+__all__ = ["Adapter", "Binding", "CallPlan", "Side", "clean_rows", "hf_positions", "hf_span"]
 
 
 class Adapter:
@@ -108,12 +108,14 @@ class Adapter:
 
         ``ids`` (b, q) are the token ids the embedding was called with; ``args`` / ``kwargs`` are the arguments of
         the call module's ``__call__``. HF convention: positions from explicit ``position_ids`` or the cache length
-        (:func:`hf_positions`), the ``past_key_values`` cache, and relay-free rows where no mask token is fed
-        (:func:`clean_rows`: a prompt prefill or a commit pass). Families override this for their own arguments.
+        (:func:`hf_positions`, with their Python range :func:`hf_span`), the ``past_key_values`` cache, and
+        relay-free rows where no mask token is fed (:func:`clean_rows`: a prompt prefill or a commit pass).
+        Families override this for their own arguments.
         """
         cache = cache_argument(binding.call_module, args, kwargs)  # cache= / past_key_values= / positional
         positions = hf_positions(ids, kwargs, cache)  # (b, q)
-        return CallPlan(positions, clean_rows(ids, mask_token_id), cache=cache, uses_cache=cache is not None)
+        bare = clean_rows(ids, mask_token_id)  # (b, q)
+        return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None, span=hf_span(ids, kwargs, cache))
 
     def clean_layout(self, model: nn.Module) -> bool:
         """Whether ``model`` trains on a ``[x_t ; x_0]`` input (block diffusion): then pass ``clean_ids=x0``."""

@@ -65,8 +65,11 @@ def check_state_covers(state: RelayState, batch: int, length: int, *, what: str,
         )
 
 
-def check_token_ids(input_ids: Any, vocab: int | None) -> None:
-    """Raise unless ``input_ids`` is a non-empty (b, n) integer tensor of ids inside a vocabulary of ``vocab``."""
+def check_token_ids(input_ids: Any, vocab: int | None, *, read_range: bool = True) -> None:
+    """Raise unless ``input_ids`` is a non-empty (b, n) integer tensor of ids inside a vocabulary of ``vocab``.
+
+    ``read_range=False`` skips the vocabulary check, the one part that reads the tensor (a host sync).
+    """
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
         got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a (batch, length) tensor of token ids; got {got}")
@@ -74,7 +77,7 @@ def check_token_ids(input_ids: Any, vocab: int | None) -> None:
         raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
     if input_ids.shape[0] == 0:
         raise ValueError(f"input_ids has no rows (shape {tuple(input_ids.shape)}); pass at least one sequence")
-    if input_ids.numel():
+    if read_range and input_ids.numel():
         lo, hi = (int(v) for v in input_ids.aminmax())
         if lo < 0 or (vocab is not None and hi >= vocab):
             raise ValueError(

@@ -47,7 +47,7 @@ from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.checks import check_state_width, check_token_ids
 from relaykit.fingerprint import fingerprint
-from relaykit.plan import Binding
+from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import float_dtype_device
 from relaykit.slots import (
     Call,
@@ -72,6 +72,10 @@ R = TypeVar("R", bound="RelayCore")
 class RelayCore(nn.Module):
     """A backbone plus its relay channel: hooks, calls, sessions, detach. Users get the subclass
     :class:`relaykit.RelayModel` (from :func:`relaykit.attach` or ``RelayModel.from_pretrained``)."""
+
+    #: Compare each call's planned position range with its positions tensor (one host sync per call; off by
+    #: default so relay forwards compile without graph breaks). The test suite turns it on.
+    debug_checks: bool = False
 
     def __init__(
         self,
@@ -231,10 +235,8 @@ class RelayCore(nn.Module):
                 f"adapter {self.adapter.name!r} planned positions {tuple(positions.shape)} for relay columns "
                 f"{tuple(ids.shape)}; plan_call must describe exactly the columns that take part in relay"
             )
-        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)  # host sync 1 of at most 2
-        if lo < 0:
-            raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
-        call.ids, call.plan, call.end = ids, replace(plan, columns=columns), hi + 1
+        lo, end = self._span(plan, positions)  # Python ints: from the plan (no sync) or read once
+        call.ids, call.plan, call.end = ids, replace(plan, columns=columns), end
         state = slot.state
         zero = self.empty == "zero"  # positions without a state take R(0) (Algorithm 1's h_0 = 0)
         if state is None:
@@ -245,21 +247,45 @@ class RelayCore(nn.Module):
             filled = torch.zeros_like(ids, dtype=torch.bool)  # (b, q)
         else:
             state.check_batch(ids.shape[0])
-            state = slot.state = state.extend(hi + 1)  # new positions on the right start empty (h = 0)
-            state.check_covers(lo, hi)  # a state windowed past the fed positions is an error, not a silent miss
-            hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
+            state = slot.state = state.extend(end)  # new positions on the right start empty (h = 0)
+            if end > lo:
+                state.check_covers(lo, end - 1)  # a state windowed past the fed positions is an error
+            if plan.span is not None:  # the same contiguous positions in every row: slices, no index tensors
+                hidden, filled = state.read(lo, end)  # (b, q, d), (b, q)
+            else:
+                hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
         if zero:
             hidden = hidden.masked_fill(~filled.unsqueeze(-1), 0)  # (b, q, d): h = 0 where no state exists
-        use = (filled | zero) & ~bare  # relay where a state exists (or everywhere), never in a relay-free cache pass
-        if not bool(use.any()):  # host sync 2: skip the channel when no fed position takes relay
-            return None  # exactly the bare embedding
-        hidden = hidden.masked_fill(~use.unsqueeze(-1), 0)  # unused positions never enter the channel's graph
-        delta = self._channel(hidden)  # (b, q, e)
-        delta = torch.where(use.unsqueeze(-1), delta, torch.zeros_like(delta))
+        use = ((filled | zero) & ~bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists (or everywhere)
+        # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
+        # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
+        hidden = hidden.masked_fill(~use, 0)  # unused positions never enter the channel's graph
+        delta = self._channel(hidden).to(output.dtype)  # (b, q, e)
         if columns is None:
-            return output + delta.to(output.dtype)
+            return torch.where(use, output + delta, output)
         a, b = columns.start, columns.stop
-        return torch.cat([output[:, :a], output[:, a:b] + delta.to(output.dtype), output[:, b:]], dim=1)
+        part = output[:, a:b]  # (b, q', e)
+        return torch.cat([output[:, :a], torch.where(use, part + delta, part), output[:, b:]], dim=1)
+
+    def _span(self, plan: CallPlan, positions: Tensor) -> tuple[int, int]:
+        """``(lo, end)``: the fed positions lie in ``lo .. end - 1``. From the plan's Python ints when it has them
+        (no host sync); else read from the tensor (one host sync: explicit ``position_ids``, a dual cache). With
+        ``debug_checks`` on, a planned span is also compared with the positions (a sync, for tests and debugging)."""
+        if plan.span is not None and not self.debug_checks:
+            return plan.span
+        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)
+        if lo < 0:
+            raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
+        if plan.span is None:
+            return lo, hi + 1
+        exact = torch.arange(plan.span[0], plan.span[1], device=positions.device).expand_as(positions)
+        if positions.numel() and not torch.equal(positions, exact):
+            raise RuntimeError(
+                f"adapter {self.adapter.name!r} planned positions {plan.span[0]}..{plan.span[1] - 1} (CallPlan.span) "
+                f"but its positions tensor holds {lo}..{hi} (or not in order); plan_call must give a span only when "
+                f"every row's positions are exactly lo .. end - 1"
+            )
+        return plan.span
 
     def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         hidden = output if isinstance(output, Tensor) else output[0]
@@ -286,7 +312,10 @@ class RelayCore(nn.Module):
         state = slot.state
         if state is None:
             state = RelayState.zeros(ids.shape[0], call.end, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-        slot.state = state.write(positions, hidden, where, check=False)  # range checked once, in _on_embedding
+        if call.plan.span is not None:  # contiguous positions in every row: slices, no index tensors
+            slot.state = state.write_range(call.plan.span[0], hidden, where)
+        else:
+            slot.state = state.write(positions, hidden, where, check=False)  # range checked in _on_embedding
         slot.nfe += 1
         slot.last_positions = positions
 
@@ -307,7 +336,13 @@ class RelayCore(nn.Module):
         whose ``clean_layout(backbone)`` is true): relay runs on the noisy half only and the logits cover it.
         """
         self._require_attached()
-        check_token_ids(input_ids, self.adapter.vocab_size(self.backbone))
+        # Reading the ids' range is a host sync: done in eager mode on CPU (where compute is synchronous anyway),
+        # skipped under torch.compile (it would break the graph) and on accelerators (it would stall the stream)
+        # unless debug_checks is on; the embedding's own index check still refuses ids outside the vocabulary.
+        on_cpu = isinstance(input_ids, Tensor) and input_ids.device.type == "cpu"
+        eager_cpu = on_cpu and not torch.compiler.is_compiling()
+        read = eager_cpu or self.debug_checks
+        check_token_ids(input_ids, self.adapter.vocab_size(self.backbone), read_range=read)
         check_state_width(state, self._channel.config.hidden_size)
         run = self.adapter.call_backbone
         if self._disabled:

@@ -12,9 +12,9 @@ Example::
 
     >>> import torch
     >>> ids = torch.tensor([[5, 3, 3], [5, 6, 7]])                 # (b, q), mask id 3
-    >>> plan = CallPlan(hf_positions(ids, {}, None), clean_rows(ids, 3))   # no cache passed
-    >>> plan.positions.tolist(), plan.bare.tolist()
-    ([[0, 1, 2], [0, 1, 2]], [[False, False, False], [True, True, True]])
+    >>> plan = CallPlan(hf_positions(ids, {}, None), clean_rows(ids, 3), span=hf_span(ids, {}, None))  # no cache
+    >>> plan.positions.tolist(), plan.bare.tolist(), plan.span
+    ([[0, 1, 2], [0, 1, 2]], [[False, False, False], [True, True, True]], (0, 3))
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ class CallPlan:
         cache: the KV cache object passed to the call (None: none passed); its rows are checked against the batch.
         uses_cache: whether a KV cache is read or written by the call (``update="all"`` is refused then; a
             cache held by the modules counts, e.g. BD3-LM's).
+        span: ``(lo, end)`` when the adapter knows from Python ints that ``positions`` are exactly ``lo .. end - 1``
+            in every row (a full forward, a prefix or block cache: ``cache_len + arange(q)``). The relay hooks then
+            size the state and check its range without reading a tensor: no host sync, no graph break. None when
+            the positions come from tensors the caller passed (explicit ``position_ids``, a dual cache's
+            ``replace_position``): the hooks then read their range once (one host sync).
     """
 
     positions: Tensor
@@ -63,6 +68,7 @@ class CallPlan:
     columns: slice | None = None
     cache: Any = None
     uses_cache: bool = False
+    span: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.positions.shape != self.bare.shape:
@@ -70,6 +76,14 @@ class CallPlan:
                 f"CallPlan: positions {tuple(self.positions.shape)} and bare {tuple(self.bare.shape)} must both be "
                 f"(b, q') over the relay columns"
             )
+        if self.span is not None:
+            lo, end = self.span
+            ints = (int, torch.SymInt)  # SymInt: sizes under torch.compile's dynamic shapes
+            if not (isinstance(lo, ints) and isinstance(end, ints)) or lo < 0 or end - lo != self.positions.shape[-1]:
+                raise ValueError(
+                    f"CallPlan: span must be Python ints (lo, end) with 0 <= lo and end - lo = "
+                    f"{self.positions.shape[-1]} (the relay columns); got {self.span!r}"
+                )
 
 
 def hf_positions(ids: Tensor, kwargs: dict[str, Any], cache: Any) -> Tensor:
@@ -83,6 +97,15 @@ def hf_positions(ids: Tensor, kwargs: dict[str, Any], cache: Any) -> Tensor:
         return given.to(ids.device, torch.long).expand(b, q)
     past = cache_length(cache)
     return (past + torch.arange(q, device=ids.device)).unsqueeze(0).expand(b, q)
+
+
+def hf_span(ids: Tensor, kwargs: dict[str, Any], cache: Any) -> tuple[int, int] | None:
+    """The exact range ``(lo, end)`` of :func:`hf_positions` when Python ints give it (no explicit ``position_ids``):
+    ``(cache_len, cache_len + q)``; None when the caller passed ``position_ids`` (read from the tensor then)."""
+    if kwargs.get("position_ids") is not None:
+        return None
+    past = cache_length(cache)
+    return past, past + ids.shape[1]
 
 
 def clean_rows(ids: Tensor, mask_token_id: int) -> Tensor:

@@ -176,6 +176,14 @@ class RelayState:
         hidden = self.hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.hidden_size))  # (b, q, d)
         return hidden, self.filled.gather(1, idx)
 
+    def read(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Read h at the contiguous absolute positions ``start .. stop - 1`` of every row: (hidden (b, q, d),
+        filled (b, q)), views, no index tensors. Same values as ``gather`` on those positions."""
+        if stop > start:
+            self.check_covers(start, stop - 1)
+        a, b = start - self.offset, stop - self.offset
+        return self.hidden[:, a:b], self.filled[:, a:b]
+
     # ------------------------------------------------------------------ functional updates
     def write(
         self, positions: Tensor, values: Tensor, where: Tensor | None = None, *, check: bool = True
@@ -207,6 +215,30 @@ class RelayState:
         merged = torch.where(where.unsqueeze(-1), values, old)  # (b, q, d)
         hidden = self.hidden.scatter(1, idx_d, merged)  # out of place: autograd-friendly
         filled = self.filled.scatter(1, idx, self.filled.gather(1, idx) | where)
+        return RelayState(hidden, filled, self.offset)
+
+    def write_range(self, start: int, values: Tensor, where: Tensor) -> RelayState:
+        """``write`` at the contiguous absolute positions ``start .. start + q - 1`` of every row (``values``
+        (b, q, d), ``where`` (b, q) bool): slices instead of index tensors, the same new state bit for bit."""
+        q = values.shape[1]
+        if values.dim() != 3 or values.shape[0] != self.batch_size or values.shape[2] != self.hidden_size:
+            raise ValueError(
+                f"values to write must have shape (batch, q, hidden) = ({self.batch_size}, q, {self.hidden_size}); "
+                f"got {tuple(values.shape)}"
+            )
+        if values.dtype != self.dtype:
+            raise TypeError(
+                f"relay state holds {self.dtype} but the new hidden states are {values.dtype}; keep one dtype per "
+                f"state (start a new state, or cast it with state.to(dtype))"
+            )
+        if tuple(where.shape) != tuple(values.shape[:2]) or where.dtype != torch.bool:
+            raise ValueError(f"where must be a bool tensor of shape {tuple(values.shape[:2])}, got {_describe(where)}")
+        if q:
+            self.check_covers(start, start + q - 1)
+        a, b = start - self.offset, start - self.offset + q
+        merged = torch.where(where.unsqueeze(-1), values, self.hidden[:, a:b])  # (b, q, d)
+        hidden = torch.cat([self.hidden[:, :a], merged, self.hidden[:, b:]], 1)  # out of place: autograd-friendly
+        filled = torch.cat([self.filled[:, :a], self.filled[:, a:b] | where, self.filled[:, b:]], 1)
         return RelayState(hidden, filled, self.offset)
 
     def detach(self) -> RelayState:

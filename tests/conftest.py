@@ -25,3 +25,9 @@ settings.register_profile("ci", max_examples=100, derandomize=True, print_blob=T
 settings.register_profile("dev", max_examples=20, **_common)
 settings.register_profile("long", max_examples=1000, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Every relay call in the suite checks its adapter's CallPlan.span against the positions tensor (a host sync per
+# call that users do not pay; tests/test_compile.py turns it off to check that relay forwards make no sync).
+from relaykit.model import RelayCore  # noqa: E402
+
+RelayCore.debug_checks = True

@@ -12,12 +12,16 @@ from relaykit.bench.backbone import BenchTransformer
 def test_decode_benchmark_runs_and_finds_identical_outputs(capsys):
     args = ["decode", "--width", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--prompt", "8"]
     args += ["--new-tokens", "16", "--block-size", "8", "--forward-length", "32", "--forwards", "2", "--repeats", "1"]
+    args += ["--upstream-width", "32", "--upstream-layers", "1", "--upstream-vocab", "64"]
+    args += ["--upstream-new-tokens", "16"]
     assert "decode" in BENCHMARKS
     assert dispatch(args) == 0
     out = capsys.readouterr().out
     assert "hook overhead" in out and "median of paired ratios" in out
     assert "identical outputs: True" in out
-    assert "cached / uncached throughput ratio" in out
+    assert "cached / uncached throughput ratio" in out and "the ceiling at this setting" in out
+    assert "identical tokens: True" in out  # relaykit.generate vs Fast-dLLM v1's prefix-cache loop
+    assert "relaykit / upstream throughput ratio" in out and "the loops alone" in out
     torch.set_num_threads(1)  # the benchmark sets threads; restore the test default
 
 

@@ -330,11 +330,27 @@ def test_an_adapter_whose_positions_disagree_is_caught(mdm):
     class Off(GenericAdapter):
         def plan_call(self, binding, ids, args, kwargs, *, mask_token_id):
             plan = super().plan_call(binding, ids, args, kwargs, mask_token_id=mask_token_id)
-            return dataclasses.replace(plan, positions=plan.positions + 1)
+            return dataclasses.replace(plan, positions=plan.positions + 1, span=None)  # span None: read the tensor
 
     relay = relaykit.attach(TinyMDM(max_len=64), adapter=Off("encoder.tok_emb", "encoder.norm"), mask_token_id=31)
     with pytest.raises(RuntimeError, match=r"reports positions 1\.\.12 for a call that feeds positions 0\.\.11"):
         relaykit.generate(relay, _prompt(1, 4), max_new_tokens=8)
+
+
+def test_a_plan_whose_span_disagrees_with_its_positions_is_caught_in_debug_mode(mdm, monkeypatch):
+    """CallPlan.span saves the hooks a host sync; RelayCore.debug_checks (on in this suite) verifies it."""
+
+    class Off(GenericAdapter):
+        def plan_call(self, binding, ids, args, kwargs, *, mask_token_id):
+            plan = super().plan_call(binding, ids, args, kwargs, mask_token_id=mask_token_id)
+            return dataclasses.replace(plan, positions=plan.positions + 1)  # the span still says 0..11
+
+    relay = relaykit.attach(TinyMDM(max_len=64), adapter=Off("encoder.tok_emb", "encoder.norm"), mask_token_id=31)
+    monkeypatch.setattr(type(relay), "debug_checks", True)
+    with pytest.raises(
+        RuntimeError, match=r"planned positions 0\.\.11 \(CallPlan.span\) but its positions tensor holds 1\.\.12"
+    ):
+        relay(torch.full((1, 12), 31))
 
 
 def test_a_backbone_without_cache_arguments_is_refused(mdm):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 BENCHMARKS = {
     "memory": "peak training memory of Relay (K=2) vs plain masked-LM training",
-    "decode": "relay hook overhead and cached / uncached decoding throughput",
+    "decode": "relay hook overhead, cached / uncached decoding, relaykit.generate vs the upstream prefix-cache loop",
 }
 
 
