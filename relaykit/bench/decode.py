@@ -76,6 +76,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "mode='reduce-overhead') (CUDA graphs); on CPU the same code path runs with backend aot_eager, no graphs",
     )
     p.add_argument(
+        "--graphs-backend",
+        choices=["inductor", "cudagraphs"],
+        default="inductor",
+        help="--cuda-graphs on CUDA: inductor with mode='reduce-overhead' (default; compiles for minutes), or "
+        "backend 'cudagraphs' (CUDA graphs of the uncompiled ops: seconds to capture)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="after the timings, profile one cached decode and one relaykit.generate of the upstream comparison "
@@ -349,13 +356,18 @@ def _copied(value: Any) -> Any:
     return value
 
 
-def compiled_call(fn: Callable[..., Any], device: torch.device) -> tuple[Callable[..., Any], str]:
-    """``fn`` through ``torch.compile``: CUDA graphs (``mode="reduce-overhead"``, inductor) on CUDA; elsewhere
-    backend ``aot_eager`` (the same dynamo capture, no graphs: CUDA graphs need CUDA). Returns (call, description);
-    the call marks a new graph step and copies the outputs out of the graph's buffers."""
-    if device.type == "cuda":
+def compiled_call(
+    fn: Callable[..., Any], device: torch.device, backend: str = "inductor"
+) -> tuple[Callable[..., Any], str]:
+    """``fn`` through ``torch.compile``: CUDA graphs on CUDA (``mode="reduce-overhead"`` with inductor, or backend
+    ``"cudagraphs"``); elsewhere backend ``aot_eager`` (the same dynamo capture, no graphs: CUDA graphs need CUDA).
+    Returns (call, description); the call marks a new graph step and copies the outputs out of the graph's buffers."""
+    if device.type == "cuda" and backend == "cudagraphs":
+        compiled = torch.compile(fn, backend="cudagraphs", dynamic=False)
+        how = 'torch.compile(backend="cudagraphs"): CUDA graphs of the uncompiled ops'
+    elif device.type == "cuda":
         compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False)
-        how = 'torch.compile(mode="reduce-overhead"): CUDA graphs'
+        how = 'torch.compile(mode="reduce-overhead"): inductor kernels in CUDA graphs'
     else:
         compiled = torch.compile(fn, backend="aot_eager", dynamic=False)
         how = f'torch.compile(backend="aot_eager") on {device.type}: CUDA graphs need CUDA, so no graphs here'
@@ -374,8 +386,8 @@ def _graphs(relay: relaykit.RelayModel, args: argparse.Namespace, g: torch.Gener
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # one graph per block
-    relay_call, how = compiled_call(relay.forward, args.device)
-    bare_call, _ = compiled_call(relay.backbone.forward, args.device)
+    relay_call, how = compiled_call(relay.forward, args.device, args.graphs_backend)
+    bare_call, _ = compiled_call(relay.backbone.forward, args.device, args.graphs_backend)
     print(f"compiled decoding: {how}")
     ids = torch.randint(0, args.vocab - 1, (1, args.forward_length), generator=g).to(args.device)
     ids[:, args.forward_length // 2 :] = relay.mask_token_id
