@@ -9,11 +9,13 @@ run it; the suite turns it on elsewhere).
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Iterator
 
 import pytest
 import torch
 from tiny import TinyMDM, tiny_qwen2
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import relaykit
 from relaykit.adapters import GenericAdapter
@@ -106,3 +108,35 @@ def test_an_adapter_whose_span_is_off_is_caught_without_reading_the_positions() 
     relay = relaykit.attach(TinyMDM(max_len=64), adapter=Off("encoder.tok_emb", "encoder.norm"), mask_token_id=31)
     with pytest.raises(RuntimeError, match=r"reports positions 1\.\.12 for a call that feeds positions 0\.\.11"):
         relaykit.generate(relay, torch.randint(0, 30, (1, 4)), max_new_tokens=8)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the reads of a tensor value on the host that go through the dispatcher (``.item()``, ``bool()``,
+    ``int()``), except the CPU-only ids range check of the relay forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func is torch.ops.aten._local_scalar_dense.default:
+            names = {frame.name for frame in traceback.extract_stack()}
+            self.count += "check_token_ids" not in names
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_cache", [False, "prefix"])
+def test_generate_reads_no_value_per_call_besides_its_loop_check(use_cache: str | bool) -> None:
+    """A block-causal Qwen2 (HF decode kwargs, DynamicCache): besides the one ``tolist`` per step (not dispatched),
+    the whole decode reads only the canvas's ids range (2) and whether anything is masked (1)."""
+    torch.manual_seed(0)
+    relay = relaykit.attach(tiny_qwen2(), mask_token_id=47)
+    prompt = torch.randint(0, 46, (2, 4), generator=torch.Generator().manual_seed(1))
+    kw = dict(max_new_tokens=8, block_size=4, attention="block_causal", policy=Threshold(0.5), use_cache=use_cache)
+    with torch.no_grad():
+        want = relaykit.generate(relay, prompt, **kw)
+        reads = HostReads()
+        with reads:
+            got = relaykit.generate(relay, prompt, **kw)
+    assert torch.equal(got.sequences, want.sequences) and int(got.nfe.max()) >= 4
+    assert reads.count == 3
