@@ -237,8 +237,11 @@ class RelayState:
             self.check_covers(start, start + q - 1)
         a, b = start - self.offset, start - self.offset + q
         merged = torch.where(where.unsqueeze(-1), values, self.hidden[:, a:b])  # (b, q, d)
+        marked = self.filled[:, a:b] | where  # (b, q)
+        if a == 0 and b == self.length:  # the write covers the state: the merged tensors are the new state
+            return RelayState(merged, marked, self.offset)
         hidden = torch.cat([self.hidden[:, :a], merged, self.hidden[:, b:]], 1)  # out of place: autograd-friendly
-        filled = torch.cat([self.filled[:, :a], self.filled[:, a:b] | where, self.filled[:, b:]], 1)
+        filled = torch.cat([self.filled[:, :a], marked, self.filled[:, b:]], 1)
         return RelayState(hidden, filled, self.offset)
 
     def detach(self) -> RelayState:

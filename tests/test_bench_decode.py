@@ -79,3 +79,25 @@ def test_decode_refuses_a_device_it_does_not_have(capsys, monkeypatch):
     else:
         raise AssertionError("--device cuda without CUDA must be a usage error")
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cpu_clock_times_this_process_and_only_on_one_cpu_thread(capsys):
+    args = ["decode", "--width", "32", "--layers", "1", "--heads", "2", "--vocab", "64", "--forward-length", "16"]
+    args += ["--forwards", "2", "--skip", "cache", "upstream", "--clock", "cpu"]
+    try:
+        assert dispatch(args) == 0
+        assert "1 CPU thread(s), process CPU time clock" in capsys.readouterr().out
+        try:
+            dispatch([*args, "--threads", "2"])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError("--clock cpu with 2 threads must be a usage error")
+        assert "--clock cpu measures one CPU thread's work" in capsys.readouterr().err
+    finally:
+        import time
+
+        import relaykit.bench.decode as decode
+
+        decode.CLOCK = time.perf_counter  # back to the wall clock for later runs in this process
+        torch.set_num_threads(1)

@@ -61,3 +61,19 @@ def test_select_accepts_a_bool_row_mask() -> None:
         s.select(torch.tensor([True, False]))
     with pytest.raises(IndexError, match=r"rows \[3\] are outside the batch of 3"):
         s.select([3])
+
+
+@given(st.integers(1, 3), st.integers(1, 8), st.integers(0, 4), st.integers(0, 8), st.integers(0, 2**16))
+def test_write_range_equals_write_at_the_same_positions(b: int, n: int, offset: int, cut: int, seed: int) -> None:
+    """The slice path (and its shortcut when the write covers the whole state) gives ``write``'s state bit for bit,
+    and leaves the old state untouched."""
+    g = torch.Generator().manual_seed(seed)
+    old = RelayState(torch.randn(b, n, 4, generator=g), torch.rand(b, n, generator=g) < 0.5, offset)
+    start = offset + min(cut, n - 1) if cut < n else offset  # cut >= n: the write covers every position
+    q = n - (start - offset) if cut >= n or cut % 2 else max(1, (n - (start - offset)) // 2)
+    values, where = torch.randn(b, q, 4, generator=g), torch.rand(b, q, generator=g) < 0.5
+    before = old.hidden.clone(), old.filled.clone()
+    got = old.write_range(start, values, where)
+    want = old.write(torch.arange(start, start + q), values, where=where)
+    assert got.offset == want.offset and torch.equal(got.hidden, want.hidden) and torch.equal(got.filled, want.filled)
+    assert torch.equal(old.hidden, before[0]) and torch.equal(old.filled, before[1])

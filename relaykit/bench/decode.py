@@ -83,6 +83,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "backend 'cudagraphs' (CUDA graphs of the uncompiled ops: seconds to capture)",
     )
     p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time (time.process_time), which a shared "
+        "machine's other processes barely disturb (CPU, 1 thread only)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="after the timings, profile one cached decode and one relaykit.generate of the upstream comparison "
@@ -92,7 +99,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available in this torch build / on this machine")
+    if args.clock == "cpu" and (args.device.type != "cpu" or args.threads != 1):
+        p.error("--clock cpu measures one CPU thread's work: use it with --device cpu --threads 1")
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     return args
+
+
+#: the clock timed() reads: time.perf_counter (wall) or time.process_time (--clock cpu)
+CLOCK: Callable[[], float] = time.perf_counter
 
 
 def profile(what: str, fn: Callable[[], Any], device: torch.device, rows: int = 12) -> None:
@@ -123,10 +138,10 @@ def sync(device: torch.device) -> None:
 def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> float:
     """Seconds ``fn(*args)`` takes, with the device's queue drained before and after."""
     sync(device)
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn(*args)
     sync(device)
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def _flop_counter(model: torch.nn.Module, width: int, layers: int, vocab: int) -> tuple[list[float], object]:
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         w = relay.channel.proj.weight
         w.copy_(torch.randn(w.shape, device=w.device) * 0.02)  # a "trained" channel: R(h) != 0
-    where = f"{args.threads} CPU thread(s)"
+    where = f"{args.threads} CPU thread(s), {'process CPU time' if args.clock == 'cpu' else 'wall'} clock"
     if args.device.type == "cuda":
         where = f"{torch.cuda.get_device_name(args.device)} ({args.device}), timings synchronised"
     print(
