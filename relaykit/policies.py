@@ -247,7 +247,14 @@ def commit_step(
 
 def policy_violations(commit: Tensor, candidates: Tensor) -> Tensor:
     """(2,) bool on the device, read nothing: [a position that was not a candidate was committed, a row that has
-    candidates committed none]. Pass the two values, read on the host, to :func:`raise_policy_violation`."""
+    candidates committed none]. Pass the two values, read on the host, to :func:`raise_policy_violation`.
+
+    Example::
+
+        >>> cand = torch.tensor([[True, False]])
+        >>> policy_violations(torch.tensor([[False, True]]), cand).tolist()
+        [True, False]
+    """
     outside = (commit & ~candidates).any()
     stalled = (candidates.any(-1) & ~commit.any(-1)).any()
     return torch.stack([outside, stalled])
