@@ -47,6 +47,7 @@ from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.checks import check_state_width, check_token_ids
 from relaykit.fingerprint import fingerprint
+from relaykit.legacy import checked_bind
 from relaykit.plan import Binding, CallPlan
 from relaykit.resolve import float_dtype_device
 from relaykit.slots import (
@@ -100,7 +101,7 @@ class RelayCore(nn.Module):
         self._disabled = 0
         self._handles: list[RemovableHandle] = []
         self._attached = False
-        self._binding: Binding = adapter.bind(backbone)
+        self._binding: Binding = checked_bind(adapter, backbone)  # a Binding, whatever bind() returned
         # what save_pretrained(backbone="auto") compares against: the backbone as it was handed to relaykit
         self._backbone_reference = fingerprint(backbone, skip_prefix=CHANNEL_ATTR)
         self._register()
