@@ -301,7 +301,7 @@ class RelayCore(nn.Module):
                 "relay hooks did not see this forward (the embedding or the final hidden module was not called); "
                 "check the adapter with relaykit.inspect(model)"
             )
-        return RelayOutput(self.adapter.logits(output), slot.state, output, slot.last_positions)
+        return RelayOutput(self.adapter.logits(output), slot.state, output, slot.last_positions, slot.last_span)
 
     @contextlib.contextmanager
     def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:

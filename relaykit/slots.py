@@ -38,6 +38,7 @@ class RelayOutput:
     state: RelayState | None
     output: Any
     positions: Tensor | None = None
+    span: tuple[int, int] | None = None  # (lo, end): positions are lo .. end - 1 in every row, when the plan said so
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Slot:
     update: Update
     nfe: int = 0
     last_positions: Tensor | None = None
+    last_span: tuple[int, int] | None = None
 
 
 @dataclass
@@ -135,7 +137,7 @@ def capture(slot: Slot, call: Call, hidden: Tensor, mask_token_id: int) -> None:
     else:
         slot.state = state.write(positions, hidden, where, check=False)  # range checked in the embedding hook
     slot.nfe += 1
-    slot.last_positions = positions
+    slot.last_positions, slot.last_span = positions, call.plan.span
 
 
 def check_update(update: str) -> Update:

@@ -302,7 +302,7 @@ def widen(window: RelayState | None, stop: int) -> RelayState | None:
     if window is None:
         return None
     full = RelayState.zeros(window.batch_size, stop, window.hidden_size, dtype=window.dtype, device=window.device)
-    return full.write(window.positions, window.hidden, where=window.filled)
+    return full.write_range(window.offset, window.hidden, window.filled)  # contiguous: slices, no host read
 
 
 def merge(before: RelayState | None, after: RelayState | None, written: Tensor) -> RelayState | None:
