@@ -10,8 +10,9 @@ teacher-forced steps runs on all rows; (3) the new (z, h), h detached, are kept.
 idles until the next step replaces it, as Algorithm 1 checks for finished samples before a window.
 
 Parts: :mod:`relaykit.samples` (the sample stream and the data item formats), :mod:`relaykit.carry` (the rows
-carried), :mod:`relaykit.methods` (the four methods). ``state_dict()`` / ``load_state_dict()`` capture everything
-(rows, h, the unread part of a data item, the RNG, how many items were read), so a resumed run continues exactly.
+carried), :mod:`relaykit.intake` (rows taking new samples), :mod:`relaykit.methods` (the four methods),
+:mod:`relaykit.resume` (the checkpoint format). ``state_dict()`` / ``load_state_dict()`` capture everything (rows,
+h, the unread part of a data item, the RNG, how many items were read), so a resumed run continues exactly.
 
 Example::
 
@@ -30,25 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from relaykit import intake, resume
 from relaykit.carry import CarriedRows
 from relaykit.checks import is_int
 from relaykit.methods import METHODS, InitKind, Method
-from relaykit.policies import Oracle, Policy, Threshold
-from relaykit.rollout import LossKind, RolloutResult, bptt_rollout, check_batch, initial_z, unwrap_relay
-from relaykit.samples import DataExhausted, SampleStream, as_batch
+from relaykit.policies import Oracle, Policy
+from relaykit.rollout import LossKind, RolloutResult, bptt_rollout, unwrap_relay
+from relaykit.samples import DataExhausted, SampleStream
 from relaykit.state import RelayState
 
 __all__ = ["METHODS", "DataExhausted", "Method", "PersistentRollout"]
-_FORMAT = 1
-
-
-def _policy_name(policy: Any) -> str:
-    """A stable description of the policy for resume checks (repr of Policy objects, qualified name otherwise)."""
-    if policy is None:
-        return repr(Threshold(0.9))
-    if isinstance(policy, Policy):
-        return repr(policy)
-    return f"{getattr(policy, '__module__', '?')}.{getattr(policy, '__qualname__', type(policy).__qualname__)}"
 
 
 class PersistentRollout:
@@ -117,16 +109,6 @@ class PersistentRollout:
     persistent = property(lambda self: self.options.persistent, doc="Rows kept across steps.")
 
     # ------------------------------------------------------------------ the step
-    def _allocate(self, refill: Any) -> CarriedRows:
-        self.stream.needs_batch_size = self.batch_size is None
-        first = as_batch(refill) if refill is not None else self.stream.peek()
-        self.stream.needs_batch_size = False
-        if self.batch_size is None:
-            self.batch_size = int(first["x0"].shape[0])
-        n = first["x0"].shape[1]
-        mask = self.core.mask_token_id
-        return CarriedRows.allocate(batch=self.batch_size, length=n, mask_token_id=mask, device=self.device)
-
     def step(self, refill: Any = None) -> RolloutResult:
         """Replace finished rows, run one K-step window, keep (z, h). Backpropagate ``result.loss`` yourself.
 
@@ -134,26 +116,17 @@ class PersistentRollout:
         ``compute_loss``); rows needing a sample take them from it first, the unused rest is discarded
         (counted in ``self.discarded``).
         """
-        if self.rows is None:
-            self.rows = self._allocate(refill)
-        rows, mask = self.rows, self.core.mask_token_id
-        finished = rows.finished(mask)  # (B,)
+        mask, stream = self.core.mask_token_id, self.stream
+        if self.rows is None:  # allocated once the length n is known
+            self.rows = intake.allocate(
+                stream, refill, batch_size=self.batch_size, mask_token_id=mask, device=self.device
+            )
+            self.batch_size = self.rows.x0.shape[0]
+        rows = self.rows
         need = rows.needing(persistent=self.persistent, mask_token_id=mask)  # (B,)
-        index = need.nonzero().flatten()
-        if index.numel():
-            first_id = self.stream.samples_drawn
-            new = self.stream.take(int(index.numel()), refill, device=self.device)
-            if new["x0"].shape[1] != rows.length:
-                raise ValueError(
-                    f"samples must all have the same length: this driver holds length {rows.length}, the data "
-                    f"gave {new['x0'].shape[1]}; pad to a fixed length and mark the padding not maskable"
-                )
-            check_batch(self.core, new["x0"], new["maskable"])
-            self.completed += int((rows.has & finished).sum())
-            z = initial_z(new["x0"], new["maskable"], mask, init=self.init, generator=self.generator)
-            rows.fill(index, new, z, first_id)
-        elif refill is not None:
-            self.stream.discarded += int(as_batch(refill)["x0"].shape[0])  # no row needed a sample this step
+        self.completed += intake.refill(
+            rows, need, stream, refill, relay=self.core, init=self.init, generator=self.generator
+        )
         policy = self.policy
         if isinstance(policy, Oracle) and rows.order is not None:
             policy = Oracle(rows.order, k=policy.k)  # each row's own order travels with its sample
@@ -195,96 +168,41 @@ class PersistentRollout:
 
     @property
     def x0(self) -> torch.Tensor | None:
+        """(B, n) the sample each row holds (None before the first step)."""
         return None if self.rows is None else self.rows.x0
 
     @property
     def relay_state(self) -> RelayState | None:
+        """h of every row (None before the first step or while h = 0 everywhere)."""
         return None if self.rows is None else self.rows.state
 
-    @property
-    def items_drawn(self) -> int:
-        return self.stream.items_drawn
-
-    @property
-    def samples_drawn(self) -> int:
-        return self.stream.samples_drawn
-
-    @property
-    def discarded(self) -> int:
-        return self.stream.discarded
+    items_drawn = property(lambda self: self.stream.items_drawn, doc="Data items read so far (int).")
+    samples_drawn = property(lambda self: self.stream.samples_drawn, doc="Samples handed to rows so far (int).")
+    discarded = property(lambda self: self.stream.discarded, doc="Refill samples no row needed (int).")
 
     def _config(self) -> dict[str, Any]:
-        o = self.options
-        return {
-            "batch_size": self.batch_size,
-            "method": self.method,
-            "k": o.k,
-            "stop_gradient": o.stop_gradient,
-            "relay_enabled": o.relay_enabled,
-            "init": o.init,
-            "persistent": o.persistent,
-            "loss": self.loss,
-            "policy": _policy_name(self.policy),
-        }
+        o, b = self.options, self.batch_size
+        return resume.driver_config(batch_size=b, method=self.method, options=o, loss=self.loss, policy=self.policy)
 
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
         return f"PersistentRollout({cfg}, steps={self.steps}, samples_drawn={self.samples_drawn})"
 
-    # ------------------------------------------------------------------ checkpointing
+    # ------------------------------------------------------------------ checkpointing (format: relaykit.resume)
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: rows, h, data position, unread samples, RNG, counters."""
-        rows = self.rows
-        counters = {"steps": self.steps, "items_drawn": self.items_drawn, "samples_drawn": self.samples_drawn}
-        return {
-            "format": _FORMAT,
-            "config": self._config(),
-            "counters": counters | {"completed": self.completed, "discarded": self.discarded},
-            "rows": None if rows is None else rows.rows_dict(),
-            "relay_state": None if rows is None or rows.state is None else rows.state.to_dict(),
-            "pending": self.stream.pending_dict(),
-            "generator": self.generator.get_state(),
-        }
+        counts = dict(steps=self.steps, completed=self.completed)
+        return resume.pack(self._config(), **counts, stream=self.stream, rows=self.rows, generator=self.generator)
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], *, data: Iterable[Any] | None = None, skip_consumed: bool = True
     ) -> None:
         """Continue from ``state_dict()``. The data is re-iterated from its start and the items already read are
         skipped (``skip_consumed=False`` if ``data`` is an iterator already positioned after them)."""
-        if state_dict.get("format") != _FORMAT:
-            raise ValueError(f"unknown PersistentRollout state format {state_dict.get('format')!r}; expected {_FORMAT}")
-        saved, mine = dict(state_dict["config"]), self._config()
-        if mine["batch_size"] is None:
-            mine["batch_size"] = saved["batch_size"]
-        diff = {k: (saved[k], mine[k]) for k in saved if saved[k] != mine.get(k)}
-        if diff:
-            detail = ", ".join(f"{k}: saved {a!r}, this driver {b!r}" for k, (a, b) in diff.items())
-            hint = " (to change the policy on purpose, load with the saved one, then set driver.policy)"
-            raise ValueError(
-                f"the saved driver was configured differently ({detail}); build it with the same options"
-                + (hint if "policy" in diff else "")
-            )
-        self.batch_size = saved["batch_size"]
-        counters = state_dict["counters"]
-        self.steps = int(counters["steps"])
-        self.completed = int(counters["completed"])
-        if data is not None:
-            self.stream.data = data
-        self.stream.resume(
-            items_drawn=int(counters["items_drawn"]),
-            samples_drawn=int(counters["samples_drawn"]),
-            discarded=int(counters["discarded"]),
-            pending=state_dict["pending"],
-            skip_consumed=skip_consumed,
-        )
-        rows, st = state_dict["rows"], state_dict["relay_state"]
+        resume.check_loadable(state_dict, self._config())
+        self.batch_size = state_dict["config"]["batch_size"]
+        self.steps, self.completed = (int(state_dict["counters"][key]) for key in ("steps", "completed"))
+        resume.restore_stream(self.stream, state_dict, data=data, skip_consumed=skip_consumed)
         width = self.core.channel.config.hidden_size
-        if st is not None and st["hidden"].shape[-1] != width:
-            raise ValueError(
-                f"the saved driver's relay state has hidden width {st['hidden'].shape[-1]} but this model's channel "
-                f"reads width {width}: the checkpoint was made with another backbone"
-            )
-        self.rows = (
-            None if rows is None else CarriedRows.from_dicts(rows, state_dict["relay_state"], device=self.device)
-        )
+        self.rows = resume.unpack_rows(state_dict, width=width, device=self.device)
         self.generator.set_state(state_dict["generator"])

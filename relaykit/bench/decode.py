@@ -16,19 +16,27 @@ and 8 layers, random weights, a random non-zero relay channel) measured in one p
   the tokens must be identical), same threshold; throughput ratio relaykit / upstream, goal >= 1.
 
 The machine may be shared: timings are interleaved and repeated, and medians are reported (of the times and of
-the paired ratios).
+the paired ratios). ``--device cuda`` puts the models and inputs on the GPU and synchronises around every timed
+region. ``--cuda-graphs`` also times the fixed-shape relay forward and the bidirectional uncached decode (the
+whole canvas every step: one shape) through ``torch.compile(mode="reduce-overhead")`` against eager, with
+identical tokens (on CPU the same path runs with backend ``aot_eager``, no graphs, and says so). ``--profile``
+prints where the time goes (torch.profiler) in a cached decode and in both loops of the upstream comparison.
 
 Example::
 
     python -m relaykit.bench decode                       # 512 x 8 layers, 256 new tokens in blocks of 32
     python -m relaykit.bench decode --width 128 --layers 2 --new-tokens 64 --repeats 3
+    python -m relaykit.bench decode --device cuda --cuda-graphs --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -60,7 +68,65 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--upstream-new-tokens", type=int, default=128, help="tokens the upstream comparison decodes")
     p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of both loops (default 0.9)")
     p.add_argument("--skip", nargs="*", default=[], choices=["overhead", "cache", "upstream"], help="parts to skip")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="torch device of the models and inputs (cpu, cuda, cuda:1, ...)")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also time the fixed-shape relay forward and the uncached decode through torch.compile("
+        "mode='reduce-overhead') (CUDA graphs); on CPU the same code path runs with backend aot_eager, no graphs",
+    )
+    p.add_argument(
+        "--graphs-backend",
+        choices=["inductor", "cudagraphs"],
+        default="inductor",
+        help="--cuda-graphs on CUDA: inductor with mode='reduce-overhead' (default; compiles for minutes), or "
+        "backend 'cudagraphs' (CUDA graphs of the uncompiled ops: seconds to capture)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timings, profile one cached decode and one relaykit.generate of the upstream comparison "
+        "(torch.profiler) and print where the time goes: the top operators by self time",
+    )
+    args = p.parse_args(argv)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available in this torch build / on this machine")
+    return args
+
+
+def profile(what: str, fn: Callable[[], Any], device: torch.device, rows: int = 12) -> None:
+    """Run ``fn()`` once under torch.profiler and print its top operators by self time (device time on CUDA)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    try:
+        sync(device)
+        with torch_profile(activities=activities) as prof:
+            fn()
+            sync(device)
+    except Exception as exc:  # noqa: BLE001 - a profiler that cannot run (no CUPTI, ...) must not stop the bench
+        print(f"where the time goes: {what}: the profiler could not run ({type(exc).__name__}: {exc})")
+        return
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"where the time goes: {what} (torch.profiler, top {rows} by {key})")
+    print(prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48))
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA kernels run asynchronously); a no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> float:
+    """Seconds ``fn(*args)`` takes, with the device's queue drained before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn(*args)
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def _flop_counter(model: torch.nn.Module, width: int, layers: int, vocab: int) -> tuple[list[float], object]:
@@ -78,23 +144,32 @@ def _flop_counter(model: torch.nn.Module, width: int, layers: int, vocab: int) -
     return counts, model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def hook_overhead(relay: relaykit.RelayModel, ids: torch.Tensor, forwards: int) -> tuple[float, float, float, float]:
-    """Relay vs bare forward, interleaved: (median relay s, median bare s, median paired ratio, ratio of minima)."""
+def hook_overhead(
+    relay: relaykit.RelayModel,
+    ids: torch.Tensor,
+    forwards: int,
+    *,
+    relay_call: Callable[..., Any] | None = None,
+    bare_call: Callable[..., Any] | None = None,
+) -> tuple[float, float, float, float]:
+    """Relay vs bare forward, interleaved: (median relay s, median bare s, median paired ratio, ratio of minima).
+
+    ``relay_call`` / ``bare_call`` replace ``relay`` / ``relay.backbone`` (e.g. their compiled versions)."""
+    relay_call = relay if relay_call is None else relay_call
+    bare_call = relay.backbone if bare_call is None else bare_call
     with torch.no_grad():
         state = relay(ids).state  # h filled at the masked positions: the channel really runs
-        for _ in range(3):  # warm-up
-            relay(ids, state=state)
-            relay.backbone(ids)
+        for _ in range(3):  # warm-up (and, compiled, the recording of the graphs)
+            relay_call(ids, state=state)
+            bare_call(ids)
         relay_t, bare_t = [], []
         for i in range(forwards):
             order = (True, False) if i % 2 == 0 else (False, True)  # alternate which goes first
             for with_relay in order:
-                t0 = time.perf_counter()
                 if with_relay:
-                    relay(ids, state=state)
+                    relay_t.append(timed(ids.device, lambda: relay_call(ids, state=state)))
                 else:
-                    relay.backbone(ids)
-                (relay_t if with_relay else bare_t).append(time.perf_counter() - t0)
+                    bare_t.append(timed(ids.device, bare_call, ids))
     ratios = [r / b for r, b in zip(relay_t, bare_t)]
     return statistics.median(relay_t), statistics.median(bare_t), statistics.median(ratios), min(relay_t) / min(bare_t)
 
@@ -106,27 +181,37 @@ def main(argv: list[str] | None = None) -> int:
     total = args.prompt + args.new_tokens
     model = BenchTransformer(args.vocab, args.width, args.layers, args.heads, max_len=max(total, args.forward_length))
     model.eval()
-    relay = relaykit.attach(model)
+    relay = relaykit.attach(model).to(args.device)
     with torch.no_grad():
         w = relay.channel.proj.weight
-        w.copy_(torch.randn(w.shape) * 0.02)  # a "trained" channel: R(h) != 0
+        w.copy_(torch.randn(w.shape, device=w.device) * 0.02)  # a "trained" channel: R(h) != 0
+    where = f"{args.threads} CPU thread(s)"
+    if args.device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(args.device)} ({args.device}), timings synchronised"
     print(
         f"backbone: {type(model).__name__} width={args.width} layers={args.layers} heads={args.heads} "
-        f"vocab={args.vocab}, float32, {args.threads} thread(s)"
+        f"vocab={args.vocab}, float32, {where}"
     )
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)  # inputs drawn on the CPU, then moved: the same on every device
     ok = True
-    if "overhead" not in args.skip:
-        _overhead(relay, args, g)
-    if "cache" not in args.skip:
-        ok &= _cache(relay, args, g)
-    if "upstream" not in args.skip:
-        ok &= _upstream(args, g)
+    seconds: dict[str, float] = {}
+    for part, fn in (
+        ("overhead", lambda: _overhead(relay, args, g)),
+        ("cache", lambda: _cache(relay, args, g)),
+        ("upstream", lambda: _upstream(args, g)),
+        ("cuda-graphs", lambda: _graphs(relay, args, g)),
+    ):
+        if part in args.skip or (part == "cuda-graphs" and not args.cuda_graphs):
+            continue
+        t0 = time.perf_counter()
+        ok &= fn() is not False
+        seconds[part] = time.perf_counter() - t0
+    print("wall time of each part (s): " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     return 0 if ok else 1
 
 
 def _overhead(relay: relaykit.RelayModel, args: argparse.Namespace, g: torch.Generator) -> None:
-    ids = torch.randint(0, args.vocab - 1, (1, args.forward_length), generator=g)
+    ids = torch.randint(0, args.vocab - 1, (1, args.forward_length), generator=g).to(args.device)
     ids[:, args.forward_length // 2 :] = relay.mask_token_id  # half the sequence still masked
     relay_s, bare_s, pair, fastest = hook_overhead(relay, ids, args.forwards)
     n, d, layers, v = args.forward_length, args.width, args.layers, args.vocab
@@ -140,7 +225,7 @@ def _overhead(relay: relaykit.RelayModel, args: argparse.Namespace, g: torch.Gen
 
 
 def _cache(relay: relaykit.RelayModel, args: argparse.Namespace, g: torch.Generator) -> bool:
-    prompt = torch.randint(0, args.vocab - 1, (1, args.prompt), generator=g)
+    prompt = torch.randint(0, args.vocab - 1, (1, args.prompt), generator=g).to(args.device)
     kw = dict(
         max_new_tokens=args.new_tokens,
         block_size=args.block_size,
@@ -162,9 +247,9 @@ def _cache(relay: relaykit.RelayModel, args: argparse.Namespace, g: torch.Genera
     u_all, c_all = [], []
     for i in range(args.repeats):  # interleaved, alternating which goes first: both see the same load
         for cached in (True, False) if i % 2 else (False, True):
-            t0 = time.perf_counter()
-            run(cached)
-            (c_all if cached else u_all).append(time.perf_counter() - t0)
+            (c_all if cached else u_all).append(timed(args.device, run, cached))
+    if args.profile:
+        profile(f"one cached decode of {args.new_tokens} tokens", lambda: run(True), args.device)
     uncached_s, cached_s = statistics.median(u_all), statistics.median(c_all)
     pair = statistics.median(u / c for u, c in zip(u_all, c_all))
     same = torch.equal(results[True].sequences, results[False].sequences)
@@ -195,11 +280,12 @@ def _upstream(args: argparse.Namespace, g: torch.Generator) -> bool:
 
     width, layers, vocab = args.upstream_width, args.upstream_layers, args.upstream_vocab
     model = tiny_llada(vocab=vocab, width=width, layers=layers, heads=max(1, width // 64), seed=args.seed)
+    model = model.to(args.device)
     with torch.no_grad():  # a random head gives near-uniform predictions; a peaked one commits several per step
         model.model.transformer.ff_out.weight.mul_(8.0)
     relay = relaykit.attach(model)  # zero-initialised channel: relaykit.generate must give the upstream tokens
     mask = relay.mask_token_id
-    prompt = torch.randint(0, mask, (1, args.prompt), generator=g)
+    prompt = torch.randint(0, mask, (1, args.prompt), generator=g).to(args.device)
     n_new, block, tau = args.upstream_new_tokens, args.block_size, args.threshold
     out: dict[str, torch.Tensor] = {}
     nfe: dict[str, int] = {}
@@ -227,9 +313,10 @@ def _upstream(args: argparse.Namespace, g: torch.Generator) -> bool:
             run(which)
         for i in range(args.repeats):  # interleaved, the order rotating: all three see the same load
             for which in kinds[i % 3 :] + kinds[: i % 3]:
-                t0 = time.perf_counter()
-                run(which)
-                times[which].append(time.perf_counter() - t0)
+                times[which].append(timed(args.device, run, which))
+        if args.profile:
+            profile("relaykit.generate on the LLaDA twin", lambda: run("relaykit"), args.device)
+            profile("Fast-dLLM v1's prefix-cache loop on the LLaDA twin", lambda: run("upstream"), args.device)
     same = torch.equal(out["upstream"], out["relaykit"]) and torch.equal(out["session"], out["relaykit"])
     up_s, se_s, rk_s = (statistics.median(times[k]) for k in kinds)
     pair = statistics.median(u / r for u, r in zip(times["upstream"], times["relaykit"]))
@@ -250,5 +337,118 @@ def _upstream(args: argparse.Namespace, g: torch.Generator) -> bool:
         "Fast-dLLM v2's own generate(): not compared (its loop commits each block's first token by argmax in the "
         "commit pass, before the block's first step, which relaykit.generate's policies do not do: no identical "
         "tokens to compare throughput on)"
+    )
+    return same
+
+
+def _copied(value: Any) -> Any:
+    """``value`` with every tensor cloned (dataclasses, lists, tuples, dicts walked): a CUDA graph's outputs live in
+    its static buffers and are overwritten by its next replay, and decoding keeps them across steps."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _copied(getattr(value, f.name)) for f in dataclasses.fields(value)
+                                             if f.init})  # fmt: skip
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value
+
+
+def compiled_call(
+    fn: Callable[..., Any], device: torch.device, backend: str = "inductor"
+) -> tuple[Callable[..., Any], str]:
+    """``fn`` through ``torch.compile``: CUDA graphs on CUDA (``mode="reduce-overhead"`` with inductor, or backend
+    ``"cudagraphs"``); elsewhere backend ``aot_eager`` (the same dynamo capture, no graphs: CUDA graphs need CUDA).
+    Returns (call, description); the call marks a new graph step and copies the outputs out of the graph's buffers."""
+    if device.type == "cuda" and backend == "cudagraphs":
+        compiled = torch.compile(fn, backend="cudagraphs", dynamic=False)
+        how = 'torch.compile(backend="cudagraphs"): CUDA graphs of the uncompiled ops'
+    elif device.type == "cuda":
+        compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False)
+        how = 'torch.compile(mode="reduce-overhead"): inductor kernels in CUDA graphs'
+    else:
+        compiled = torch.compile(fn, backend="aot_eager", dynamic=False)
+        how = f'torch.compile(backend="aot_eager") on {device.type}: CUDA graphs need CUDA, so no graphs here'
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        return _copied(compiled(*args, **kwargs))
+
+    return call, how
+
+
+def _graphs(relay: relaykit.RelayModel, args: argparse.Namespace, g: torch.Generator) -> bool:
+    """The fixed-shape relay forward and the uncached decode (every step feeds the whole canvas: one shape), eager
+    vs compiled (CUDA graphs on CUDA); identical tokens checked. Any failure to compile is reported, not raised."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # one graph per block
+    relay_call, how = compiled_call(relay.forward, args.device, args.graphs_backend)
+    bare_call, _ = compiled_call(relay.backbone.forward, args.device, args.graphs_backend)
+    print(f"compiled decoding: {how}")
+    ids = torch.randint(0, args.vocab - 1, (1, args.forward_length), generator=g).to(args.device)
+    ids[:, args.forward_length // 2 :] = relay.mask_token_id
+    try:
+        t0 = time.perf_counter()
+        relay_s, bare_s, pair, _ = hook_overhead(relay, ids, args.forwards, relay_call=relay_call, bare_call=bare_call)
+        eager_s, _, _, _ = hook_overhead(relay, ids, args.forwards)
+        with torch.no_grad():
+            state = relay(ids).state
+            same = torch.equal(
+                relay(ids, state=state).logits.argmax(-1), relay_call(ids, state=state).logits.argmax(-1)
+            )
+        print(
+            f"  relay forward (length {args.forward_length}), compiled: {relay_s * 1e3:.3f} ms vs eager "
+            f"{eager_s * 1e3:.3f} ms = {eager_s / relay_s:.2f}x faster; compiled relay / compiled bare "
+            f"{relay_s / bare_s:.4f} (paired median {pair:.4f}); same argmax tokens as eager: {same} "
+            f"(compile + warm-up + timing {time.perf_counter() - t0:.1f} s)"
+        )
+    except Exception as exc:  # noqa: BLE001 - the bench reports what cannot be graphed instead of stopping
+        print(f"  relay forward: cannot be compiled here ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        return True
+    prompt = torch.randint(0, args.vocab - 1, (1, args.prompt), generator=g).to(args.device)
+    kw = dict(max_new_tokens=args.new_tokens, block_size=args.block_size, policy=TopK(args.per_step),
+              attention="bidirectional", use_cache=False)  # fmt: skip
+    results: dict[str, relaykit.GenerateResult] = {}
+
+    def run(which: str) -> None:
+        if which == "compiled":
+            relay.forward = relay_call  # type: ignore[method-assign]  # what generate's runner calls
+        try:
+            results[which] = relaykit.generate(relay, prompt, **kw)
+        finally:
+            relay.__dict__.pop("forward", None)
+
+    try:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            run("compiled")  # compiles: one graph for the first step (no state yet), one for the others
+            run("compiled")
+        warm = time.perf_counter() - t0
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        run("eager")
+        for i in range(args.repeats):
+            for which in ("eager", "compiled") if i % 2 == 0 else ("compiled", "eager"):
+                times[which].append(timed(args.device, run, which))
+    except Exception as exc:  # noqa: BLE001
+        print(f"  uncached decode: cannot be compiled here ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        return True
+    eager_s, comp_s = statistics.median(times["eager"]), statistics.median(times["compiled"])
+    same = torch.equal(results["eager"].sequences, results["compiled"].sequences)
+    n = args.new_tokens
+    print(
+        f"  uncached decode of {n} tokens (bidirectional: the whole canvas every step, one shape; blocks of "
+        f"{args.block_size}, TopK({args.per_step}), median of "
+        f"{args.repeats}): eager {eager_s:.3f} s ({n / eager_s:.1f} tok/s), compiled {comp_s:.3f} s "
+        f"({n / comp_s:.1f} tok/s) = {eager_s / comp_s:.2f}x; identical tokens: {same} (compile + 2 warm-up decodes "
+        f"{warm:.1f} s)"
+    )
+    print(
+        "  not graphed: the cached loops (the KV cache grows every block: a new shape per block, a graph each) and "
+        "the block-causal uncached loop (it feeds the prompt and the blocks so far: a new length per block); every "
+        "loop reads on the host whether a block is done between steps"
     )
     return same
