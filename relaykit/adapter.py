@@ -151,7 +151,8 @@ class Adapter:
     def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
         """Backbone keyword arguments for one call of :func:`relaykit.generate` (HF convention by default).
 
-        Passes ``past_key_values`` / ``use_cache`` / ``position_ids`` only when a cache is involved, and a 4D
+        Passes ``past_key_values`` / ``use_cache`` only when a cache is involved, ``position_ids`` only when they
+        differ from the backbone's default (cache length + arange: a call that replaces cached columns), and a 4D
         attention mask (bool for sdpa, additive for eager) only when the call needs one (block-causal segments,
         or replaced cache columns: "replace in place" is emulated by appending the fresh keys, masking the stale
         columns and cropping afterwards). Override for families with their own cache arguments.
@@ -166,7 +167,8 @@ class Adapter:
                     f"decode with use_cache=False, or use an adapter that knows this family's cache arguments"
                 )
             kwargs["use_cache"] = True
-            kwargs["position_ids"] = call.position_ids()
+            if call.start != call.cache_length:  # else the HF default (cache length + arange) gives the same ones,
+                kwargs["position_ids"] = call.position_ids()  # and the plan's span stays in Python ints (no sync)
             if call.cache is not None:
                 kwargs[name] = call.cache
         elif _accepts(model, "use_cache"):

@@ -136,7 +136,7 @@ class Runner:
         relay_on = relay_on and self.relay.enabled  # generate() inside relay.disabled(): the bare backbone's loop
         if relay_on:
             out = self.relay(ids, state=state, **backbone_kwargs)
-            self._check_positions(out.positions, start, stop)
+            self._check_positions(out.positions, start, stop, out.span)
             self.fed = (start, stop)
         else:
             with self.relay.disabled():
@@ -146,9 +146,19 @@ class Runner:
         self.logits.record(out.logits, start, stop)
         return out.logits, out.state if relay_on else None  # (b, q, V)
 
-    def _check_positions(self, positions: Tensor | None, start: int, stop: int) -> None:
-        """The adapter's positions must be the fed ones, or a contiguous part of them (``CallPlan.columns``)."""
+    def _check_positions(
+        self, positions: Tensor | None, start: int, stop: int, span: tuple[int, int] | None = None
+    ) -> None:
+        """The adapter's positions must be the fed ones, or a contiguous part of them (``CallPlan.columns``).
+
+        With the plan's ``span`` (Python ints: the positions are lo .. end - 1 in every row) the check reads nothing
+        on the host; without one it reads the positions tensor."""
         ok = positions is not None and positions.numel() > 0
+        if ok and span is not None and not self.relay.debug_checks:
+            lo, end = span
+            if start <= lo and end <= stop and end - lo == positions.shape[-1]:
+                return
+            ok = False
         if ok:
             first = int(positions[0, 0])
             expected = torch.arange(first, first + positions.shape[-1], device=positions.device)
@@ -219,7 +229,7 @@ def _embed(window: RelayState | None, stop: int) -> RelayState | None:
     if window is None:
         return None
     full = RelayState.zeros(window.batch_size, stop, window.hidden_size, dtype=window.dtype, device=window.device)
-    return full.write(window.positions, window.hidden, where=window.filled)
+    return full.write_range(window.offset, window.hidden, window.filled)  # contiguous: slices, no host read
 
 
 def _merge(before: RelayState | None, after: RelayState | None, written: Tensor) -> RelayState | None:

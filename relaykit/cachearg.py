@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any
 
 from torch import nn
@@ -24,11 +25,25 @@ from torch import nn
 CACHE_NAMES = ("cache", "past_key_values")
 
 
+#: forward function -> its parameters as seen through a bound method (the hooks ask on every call)
+_SIGNATURES: weakref.WeakKeyDictionary[Any, dict[str, inspect.Parameter]] = weakref.WeakKeyDictionary()
+
+
 def _parameters(module: nn.Module) -> dict[str, inspect.Parameter]:
+    forward = module.forward
+    function = getattr(forward, "__func__", None)  # a bound method: cache by its function
+    if function is not None and function in _SIGNATURES:
+        return _SIGNATURES[function]
     try:
-        return dict(inspect.signature(module.forward).parameters)
+        params = dict(inspect.signature(forward).parameters)
     except (TypeError, ValueError):
         return {}
+    if function is not None:
+        try:
+            _SIGNATURES[function] = params
+        except TypeError:  # not weak-referenceable: just not cached
+            pass
+    return params
 
 
 def cache_parameter(module: nn.Module) -> str | None:

@@ -48,7 +48,7 @@ from relaykit.checks import check_state_covers, still_masked
 from relaykit.generation import GenerationConfig, choose_tokens
 from relaykit.kvcache import Attention, cache_batch_size, cache_length
 from relaykit.model import RelayCore, unwrap_relay
-from relaykit.policies import Policy, as_policy, commit_step
+from relaykit.policies import Policy, as_policy, commit_step, policy_violations, raise_policy_violation
 from relaykit.shift import check_first_unmasked, check_token_shift
 from relaykit.state import RelayState
 
@@ -275,12 +275,17 @@ def generate(
             window = carried
         runner.begin(x, (s, e))
         for a, c in sub_block_spans(s, e, sub_block_size):
+            pending: Tensor | None = None  # (2,) the last commit's policy_violations, read with the next check
             while True:
                 focus = torch.zeros_like(candidates)
                 focus[:, a:c] = True
                 todo = still_masked(x, mask_id, maskable_t) & focus  # (b, T)
                 active = todo.any(-1)  # (b,)
-                if not bool(active.any()):
+                flags = active.any().view(1) if pending is None else torch.cat([active.any().view(1), pending])
+                go, *broken = flags.tolist()  # the step's one host read: go on?, and did the policy break a rule?
+                if broken:
+                    raise_policy_violation(policy, *broken)
+                if not go:
                     break
                 logits, window = runner.step(x, (s, e), (a, c), window)  # (b, B, V)
                 scores = choose_tokens(logits, config, mask_token_id=mask_id, generator=generator)
@@ -292,7 +297,9 @@ def generate(
                     maskable=todo[:, s:e],
                     generator=generator,
                     scores=scores,
+                    check=False,
                 )
+                pending = policy_violations(commit, todo[:, s:e])
                 x[:, s:e] = torch.where(commit, prediction.to(x.dtype), x[:, s:e])
                 nfe += active
                 steps += active

@@ -317,7 +317,7 @@ class RelayCore(nn.Module):
         else:
             slot.state = state.write(positions, hidden, where, check=False)  # range checked in _on_embedding
         slot.nfe += 1
-        slot.last_positions = positions
+        slot.last_positions, slot.last_span = positions, call.plan.span
 
     # ------------------------------------------------------------------ public calls
     def forward(
@@ -360,7 +360,7 @@ class RelayCore(nn.Module):
                 "relay hooks did not see this forward (the embedding or the final hidden module was not called); "
                 "check the adapter with relaykit.inspect(model)"
             )
-        return RelayOutput(self.adapter.logits(output), slot.state, output, slot.last_positions)
+        return RelayOutput(self.adapter.logits(output), slot.state, output, slot.last_positions, slot.last_span)
 
     @contextlib.contextmanager
     def session(self, state: RelayState | None = None, *, update: Update | None = None) -> Iterator[RelaySession]:

@@ -67,10 +67,11 @@ class Policy:
     def at_least_one(self, commit: Tensor, confidence: Tensor, candidates: Tensor) -> Tensor:
         """Add the most confident candidate to every row that would otherwise commit nothing."""
         empty = ~commit.any(-1) & candidates.any(-1)  # (b,)
-        if bool(empty.any()):
-            best = _top_per_row(confidence, candidates, torch.ones_like(empty, dtype=torch.long))
-            commit = commit | (best & empty.unsqueeze(-1))
-        return commit
+        # no "any row empty?" branch: it would read a value on the host every step; the best candidate of each row
+        # is cheap (an argmax; ties go to the first position, as in _top_per_row) and added only where empty
+        score = confidence.masked_fill(~candidates, float("-inf"))  # (b, n)
+        best = torch.zeros_like(candidates).scatter_(1, score.argmax(-1, keepdim=True), True) & candidates  # (b, n)
+        return commit | (best & empty.unsqueeze(-1))
 
 
 @dataclass(frozen=True)
@@ -218,13 +219,16 @@ def commit_step(
     maskable: Tensor | None = None,
     generator: torch.Generator | None = None,
     scores: tuple[Tensor, Tensor] | None = None,
+    check: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """One unmasking decision: returns (commit (b, n) bool, predicted tokens (b, n)).
 
     Candidates are positions of ``z`` (b, n) equal to the mask token (and ``maskable`` where given).
     ``logits`` (b, n, V) must already be aligned with ``z`` (token shift applied by the caller). ``scores``:
     (confidence (b, n), proposed tokens (b, n)) chosen by the caller (e.g. sampled, see
-    ``relaykit.generation.choose_tokens``) instead of max probability and argmax.
+    ``relaykit.generation.choose_tokens``) instead of max probability and argmax. ``check=False`` leaves the
+    policy's two rules (only candidates; at least one per row that has some) to the caller, who reads
+    :func:`policy_violations` together with its own host reads (one sync per step instead of two more).
     """
     if logits.shape[:2] != z.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not line up with tokens {tuple(z.shape)}")
@@ -236,8 +240,22 @@ def commit_step(
     else:
         confidence, prediction = scores
     commit = policy(confidence, candidates, generator)
-    if bool((commit & ~candidates).any()):
-        raise RuntimeError(f"{policy!r} committed a position that was not a candidate")
-    if bool((candidates.any(-1) & ~commit.any(-1)).any()):
-        raise RuntimeError(f"{policy!r} committed nothing in a row that still has masked positions; it would stall")
+    if check:
+        raise_policy_violation(policy, *policy_violations(commit, candidates).tolist())  # one host read
     return commit, prediction
+
+
+def policy_violations(commit: Tensor, candidates: Tensor) -> Tensor:
+    """(2,) bool on the device, read nothing: [a position that was not a candidate was committed, a row that has
+    candidates committed none]. Pass the two values, read on the host, to :func:`raise_policy_violation`."""
+    outside = (commit & ~candidates).any()
+    stalled = (candidates.any(-1) & ~commit.any(-1)).any()
+    return torch.stack([outside, stalled])
+
+
+def raise_policy_violation(policy: object, outside: bool, stalled: bool) -> None:
+    """RuntimeError naming the rule ``policy`` broke (see :func:`policy_violations`); nothing when it broke none."""
+    if outside:
+        raise RuntimeError(f"{policy!r} committed a position that was not a candidate")
+    if stalled:
+        raise RuntimeError(f"{policy!r} committed nothing in a row that still has masked positions; it would stall")

@@ -37,9 +37,13 @@ def resolve_module(model: nn.Module, path: str, *, role: str) -> nn.Module:
     """
     if not isinstance(path, str) or not path:
         raise TypeError(f"{role} path must be a non-empty dotted string, got {path!r}")
+    try:  # walks the dotted path (no scan of every module: generate resolves the embedding on each call)
+        found = model.get_submodule(path)
+    except AttributeError:
+        found = None
+    if isinstance(found, nn.Module):
+        return found
     names = dict(model.named_modules())
-    if path in names:
-        return names[path]
     close = difflib.get_close_matches(path, [n for n in names if n], n=5, cutoff=0.4)
     hint = f" Closest paths: {', '.join(close)}." if close else ""
     raise AttributeError(f"{role}: no module at path {path!r} in {type(model).__name__}.{hint}")

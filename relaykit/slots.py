@@ -37,6 +37,7 @@ class RelayOutput:
     state: RelayState | None
     output: Any
     positions: Tensor | None = None
+    span: tuple[int, int] | None = None  # (lo, end): positions are lo .. end - 1 in every row, when the plan said so
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Slot:
     update: Update
     nfe: int = 0
     last_positions: Tensor | None = None
+    last_span: tuple[int, int] | None = None
 
 
 @dataclass

@@ -82,18 +82,54 @@ class PuzzleSet:
             return cls(f["puzzles"], f["solutions"], f["deducible"], source or Path(path).stem)
 
 
-def generate(n: int, *, givens: int | tuple[int, int], seed: int, progress: bool = True) -> PuzzleSet:
-    """``n`` puzzles with a unique solution; ``givens`` is a clue count or an inclusive range drawn uniformly."""
+#: puzzles per generation chunk: chunk ``c`` of seed ``s`` is drawn from its own ``random.Random(f"{s}/{c}")``, so
+#: a set is the same whatever the number of worker processes that made it
+CHUNK = 200
+
+
+def _chunk(job: tuple[int, int, int, int, int]) -> tuple[list[list[int]], list[list[int]], list[bool]]:
+    seed, c, count, lo, hi = job
+    rng = random.Random(f"{seed}/{c}")
+    out: tuple[list[list[int]], list[list[int]], list[bool]] = ([], [], [])
+    for _ in range(count):
+        p, s = make_puzzle(rng, rng.randint(lo, hi))
+        out[0].append(p)
+        out[1].append(s)
+        out[2].append(deducible(p))
+    return out
+
+
+def generate(
+    n: int, *, givens: int | tuple[int, int], seed: int, progress: bool = True, workers: int | None = None
+) -> PuzzleSet:
+    """``n`` puzzles with a unique solution; ``givens`` is a clue count or an inclusive range drawn uniformly.
+
+    Puzzles are made in chunks of :data:`CHUNK`, in ``workers`` processes (default: one per CPU, at most one per
+    chunk); the result depends only on ``n``, ``givens`` and ``seed``.
+    """
+    import os
+    from multiprocessing import get_context
+
     from tqdm.auto import tqdm
 
-    rng = random.Random(seed)
     lo, hi = (givens, givens) if isinstance(givens, int) else givens
-    puzzles, solutions, labels = [], [], []
-    for _ in tqdm(range(n), desc=f"puzzles ({lo}-{hi} givens)", disable=not progress, leave=False):
-        p, s = make_puzzle(rng, rng.randint(lo, hi))
-        puzzles.append(p)
-        solutions.append(s)
-        labels.append(deducible(p))
+    jobs = [(seed, c, min(CHUNK, n - c * CHUNK), lo, hi) for c in range((n + CHUNK - 1) // CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    bar = tqdm(total=n, desc=f"puzzles ({lo}-{hi} givens)", disable=not progress, leave=False)
+    parts = []
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            for part in pool.imap(_chunk, jobs):
+                parts.append(part)
+                bar.update(len(part[0]))
+    else:
+        for job in jobs:
+            parts.append(_chunk(job))
+            bar.update(job[2])
+    bar.close()
+    puzzles = [p for part in parts for p in part[0]]
+    solutions = [s for part in parts for s in part[1]]
+    labels = [d for part in parts for d in part[2]]
     return PuzzleSet(
         np.array(puzzles, dtype=np.int64).reshape(n, 81),
         np.array(solutions, dtype=np.int64).reshape(n, 81),
