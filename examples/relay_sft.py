@@ -1,4 +1,5 @@
-"""Relay SFT plumbing shared by the family examples (examples/llada, examples/mdlm, examples/fast_dllm_v2).
+"""Relay SFT plumbing shared by the family examples (examples/llada, examples/mdlm, examples/fast_dllm_v2,
+examples/dream).
 
 Each family's ``train.py`` loads its model (a checkpoint path / hub id, or with ``--tiny`` the family's twin: a small
 random re-implementation with the family's module tree from ``relaykit.testing.twins``, shipped in the wheel, no
@@ -10,7 +11,10 @@ backbone's weights beside the channel (not with ``--relay-only``), so ``generate
 saved too (``tiny_backbone.pt``) so that ``generate.py --tiny`` rebuilds the same twin before loading.
 
 Data: ``--data file.jsonl`` with one ``{"prompt": ..., "response": ...}`` per line (tokenised with the model's
-tokenizer, its chat template when it has one), or with ``--tiny`` a toy task: reverse the prompt's tokens.
+tokenizer, its chat template when it has one), or with ``--tiny`` a toy task: reverse the prompt's tokens
+(:func:`sft_data` picks one). ``generate.py`` decodes :func:`prompts` (the user's ``--prompt`` texts, or the toy
+task's held-out prompts with their answers) with :func:`decode`: ``relaykit.generate`` by default, or the
+family's own sampler passed as ``run``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,19 @@ def check_transformers(low: str, high: str, family: str) -> None:
             f"(pip install 'transformers>={low},<={high}.99')",
             stacklevel=2,
         )
+
+
+def from_hub(
+    args: Any, auto_class: str, *, dtype: torch.dtype | None = torch.bfloat16, tokenizer: str | None = None
+) -> tuple[nn.Module, Any]:
+    """(model on ``args.device``, tokenizer): ``transformers.<auto_class>.from_pretrained(args.model)`` with the
+    family's remote code, and the tokenizer of ``tokenizer`` (default: the model's own)."""
+    import transformers
+
+    kwargs: dict[str, Any] = {"trust_remote_code": True} | ({} if dtype is None else {"torch_dtype": dtype})
+    model = getattr(transformers, auto_class).from_pretrained(args.model, **kwargs)
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer or args.model, trust_remote_code=tokenizer is None)
+    return model.to(args.device), tok
 
 
 def common_args(description: str) -> argparse.ArgumentParser:
@@ -104,6 +121,9 @@ def finish_args(p: argparse.ArgumentParser, argv: list[str] | None, *, tiny_defa
 
 
 # ------------------------------------------------------------------------------------------------ data
+TINY_PROMPT = 6  # the toy task's prompt (and answer) length
+
+
 def reverse_task(
     vocab: int, mask_id: int, *, batch: int, prompt: int, seed: int, first: int = 1
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -137,6 +157,34 @@ def sft_pairs(path: Path, tokenizer: Any, *, max_length: int, batch: int) -> Ite
     x0, maskable = torch.stack(x0s), torch.stack(masks)
     for start in itertools.cycle(range(0, len(rows), batch)):
         yield x0[start : start + batch], maskable[start : start + batch]
+
+
+def sft_data(args: Any, tokenizer: Any, mask_id: int, *, tiny_vocab: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Training batches: the toy reverse task over ids below ``mask_id`` with ``--tiny`` (a twin of vocabulary
+    ``tiny_vocab``), else ``--data`` tokenised by ``tokenizer``."""
+    if args.tiny:
+        return reverse_task(tiny_vocab, mask_id, batch=args.batch_size, prompt=TINY_PROMPT, seed=args.seed)
+    return sft_pairs(args.data, tokenizer, max_length=args.max_length, batch=args.batch_size)
+
+
+def prompts(
+    args: Any, tokenizer: Any, mask_id: int, *, tiny_vocab: int, default: str | None
+) -> list[tuple[Tensor, Tensor | None]]:
+    """(prompt (1 or b, P), expected answer or None) pairs to decode: with ``--tiny`` four held-out prompts of the
+    toy task (one batch) with their answers, else each ``--prompt`` (or ``default``), with the chat template when
+    the tokenizer has one."""
+    if args.tiny:
+        x0, _ = next(reverse_task(tiny_vocab, mask_id, batch=4, prompt=TINY_PROMPT, seed=args.seed + 1))
+        return [(x0[:, :TINY_PROMPT], x0[:, TINY_PROMPT:])]
+    out: list[tuple[Tensor, Tensor | None]] = []
+    for text in args.prompt or [default]:
+        if getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": text}]
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        else:
+            ids = tokenizer(text)["input_ids"]
+        out.append((torch.tensor([ids], device=args.device), None))
+    return out
 
 
 class CharTokenizer:
@@ -206,20 +254,29 @@ def decode(
     batches: list[tuple[Tensor, Tensor | None]],
     args: Any,
     tokenizer: Any = None,
+    *,
+    run: Callable[[Tensor], tuple[Tensor, list[int]]] | None = None,
     **generate_kwargs: Any,
 ) -> dict[str, float]:
-    """Decode (prompt, expected answer or None) batches with ``relaykit.generate`` and a threshold policy; print
-    the texts (or the toy task's exact-match rate) and the mean NFE."""
-    nfe, correct, total = [], 0, 0
-    for prompt, answer in tqdm(batches, desc="decoding", unit="batch"):
+    """Decode (prompt, expected answer or None) batches; print the texts (or the toy task's exact-match rate) and
+    the mean NFE. ``run(prompt) -> (sequences, NFE per row)`` is the family's own sampler; by default
+    ``relaykit.generate`` with a threshold policy and ``generate_kwargs`` (relay disabled with ``--no-relay``)."""
+
+    def generate(prompt: Tensor) -> tuple[Tensor, list[int]]:
         with relay.disabled() if args.no_relay else contextlib.nullcontext():
             out = relaykit.generate(
                 relay, prompt, max_new_tokens=args.max_new_tokens, policy=Threshold(args.threshold), **generate_kwargs
             )
-        nfe += out.nfe.tolist()
-        new = out.sequences[:, prompt.shape[1] :]
+        return out.sequences, out.nfe.tolist()
+
+    nfe, correct, total = [], 0, 0
+    for prompt, answer in tqdm(batches, desc="decoding", unit="batch"):
+        sequences, calls = (run or generate)(prompt)
+        nfe += calls
+        new = sequences[:, prompt.shape[1] :]
         if answer is not None:
-            correct += int((new[:, : answer.shape[1]] == answer).all(-1).sum())
+            if new.shape[1] >= answer.shape[1]:  # a sampler that stopped early got the answer wrong
+                correct += int((new[:, : answer.shape[1]] == answer).all(-1).sum())
             total += answer.shape[0]
         else:
             for row in new:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from relaykit.cachearg import cache_argument, cache_parameter, output_cache
 from relaykit.kvcache import Attention, DecodeCall, crop_cache
+from relaykit.legacy import DeprecatedCallAPI, bridges_legacy, legacy_plan
 from relaykit.plan import Binding, CallPlan, clean_rows, hf_positions, hf_span
 from relaykit.resolve import (
     Side,
@@ -38,8 +39,10 @@ from relaykit.resolve import (
 __all__ = ["Adapter", "Binding", "CallPlan", "Side", "clean_rows", "hf_positions", "hf_span"]
 
 
-class Adapter:
-    """Base adapter: the generic behaviour, overridden per family. Subclasses set ``name`` and resolve modules."""
+class Adapter(DeprecatedCallAPI):
+    """Base adapter: the generic behaviour, overridden per family. Subclasses set ``name`` and resolve modules.
+
+    (relaykit 0.1's six per-call methods, deprecated, come from :class:`relaykit.legacy.DeprecatedCallAPI`.)"""
 
     name: str = "base"
     #: hidden state at position i predicts token i + token_shift (1 for Fast-dLLM v2, 0 for LLaDA/MDLM)
@@ -101,6 +104,7 @@ class Adapter:
         final, side = self.final_hidden(model)
         return Binding(self.embedding(model), final, side, self.call_module(model))
 
+    @bridges_legacy
     def plan_call(
         self, binding: Binding, ids: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], *, mask_token_id: int
     ) -> CallPlan:
@@ -112,6 +116,8 @@ class Adapter:
         relay-free rows where no mask token is fed (:func:`clean_rows`: a prompt prefill or a commit pass).
         Families override this for their own arguments.
         """
+        if self._legacy_overrides:  # a relaykit 0.1-style subclass (deprecated): its old methods describe the call
+            return legacy_plan(self, binding, ids, args, kwargs, mask_token_id=mask_token_id)
         cache = cache_argument(binding.call_module, args, kwargs)  # cache= / past_key_values= / positional
         positions = hf_positions(ids, kwargs, cache)  # (b, q)
         bare = clean_rows(ids, mask_token_id)  # (b, q)

@@ -44,7 +44,7 @@ from relaykit.blocklogits import BlockLogits, Span
 from relaykit.causality import native_attention
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
 from relaykit.model import RelayCore
-from relaykit.state import RelayState
+from relaykit.state import RelayState, merge, widen
 
 
 @dataclass(frozen=True)
@@ -224,26 +224,6 @@ class Runner:
         return 1
 
 
-def _embed(window: RelayState | None, stop: int) -> RelayState | None:
-    """A state covering 0 .. stop-1 that holds h only inside ``window`` (relay lives in the active block)."""
-    if window is None:
-        return None
-    full = RelayState.zeros(window.batch_size, stop, window.hidden_size, dtype=window.dtype, device=window.device)
-    return full.write_range(window.offset, window.hidden, window.filled)  # contiguous: slices, no host read
-
-
-def _merge(before: RelayState | None, after: RelayState | None, written: Tensor) -> RelayState | None:
-    """``after`` where ``written`` (b, n) is True, ``before`` elsewhere (states covering 0 .. n-1)."""
-    if before is None or after is None:
-        return after
-    n = max(before.end, after.end)
-    before, after = before.extend(n), after.extend(n)
-    written = written[:, :n]
-    hidden = torch.where(written.unsqueeze(-1), after.hidden, before.hidden)  # (b, n, d)
-    filled = torch.where(written, after.filled, before.filled)  # (b, n)
-    return RelayState(hidden, filled, 0)
-
-
 class Recompute(Runner):
     """No cache: every step feeds the whole sequence (bidirectional) or everything up to the block's end
     (block-causal, under a block-causal mask). The reference the exact cache is compared with."""
@@ -253,7 +233,7 @@ class Recompute(Runner):
     def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
         total = x.shape[1]
         if self.attention == "block_causal":
-            _, state = self.call(x, "step", 0, block[1], state=_embed(window, block[1]))
+            _, state = self.call(x, "step", 0, block[1], state=widen(window, block[1]))
         else:
             _, state = self.call(x, "step", 0, total, state=window)
         return self.logits.aligned(), self.window(state, block, total)
@@ -296,7 +276,7 @@ class _Refreshing(Runner):
         self.cache = None
         _, state = self.call(x, "refresh", 0, x.shape[1], state=None, store=True)
         self.refreshed = True
-        return _merge(window, state, x == self.relay.mask_token_id)
+        return merge(window, state, x == self.relay.mask_token_id)
 
 
 class RefreshPrefixCache(_Refreshing):

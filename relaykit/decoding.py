@@ -29,8 +29,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from relaykit.adapter import Adapter
-from relaykit.adapter import _accepts as accepts
 from relaykit.blockrun import Runner, runner_for
 from relaykit.canvas import (
     Span,
@@ -39,11 +37,12 @@ from relaykit.canvas import (
     build_canvas,
     cache_mode,
     canvas_maskable,
+    canvas_padding,
+    check_attention_given,
     check_cache_mode,
     decode_attention,
     sub_block_spans,
 )
-from relaykit.causality import native_attention
 from relaykit.checks import check_state_covers, still_masked
 from relaykit.generation import GenerationConfig, choose_tokens
 from relaykit.kvcache import Attention, cache_batch_size, cache_length
@@ -219,11 +218,11 @@ def generate(
     x, canvas_start = build_canvas(relay, input_ids, max_new_tokens, block_size)
     b, total = x.shape
     maskable_t = canvas_maskable(maskable, b, input_ids.shape[1], total, x.device)
-    padding = _padding(relay, attention_mask, input_ids, total)  # (b, T) or None
+    padding = canvas_padding(relay, attention_mask, input_ids, total)  # (b, T) or None
     if padding is not None:
         maskable_t = maskable_t & ~padding
     mode = cache_mode(use_cache, block_size)
-    attention = decode_attention(relay, _not_guessed(relay, attention))
+    attention = decode_attention(relay, check_attention_given(relay, attention))
     blocks = block_spans(canvas_start, total, block_size)
     check_cache_mode(relay, mode, attention, sub_block_size, block_size or total - canvas_start, return_cache)
     shift = check_token_shift(relay.adapter.token_shift)
@@ -325,52 +324,3 @@ def generate(
     if return_cache:
         out_cache = PromptCache(runner.cache, x.clone(), segments, runner.tail)
     return GenerateResult(x, nfe, steps, trajectory, out_cache, blocks)
-
-
-def _not_guessed(relay: RelayCore, attention: str | None) -> str | None:
-    """``attention`` as given; refused when it is None on an HF model that attends causally (generic adapter)."""
-    if attention is None and relay.adapter.name == "generic" and native_attention(relay.backbone) == "causal":
-        raise ValueError(
-            f"{type(relay.backbone).__name__} attends causally when called without a mask, and relaykit.generate "
-            f"decodes a masked diffusion canvas: pass attention='block_causal' (the prompt, earlier blocks and its "
-            f"own block; Fast-dLLM v2 style, exact with use_cache) or attention='bidirectional' (the whole canvas); "
-            f"relaykit then passes the 4D masks that give it"
-        )
-    return attention
-
-
-def _padding(relay: RelayCore, attention_mask: Tensor | None, input_ids: Tensor, total: int) -> Tensor | None:
-    """Left padding (b, T) bool from a (b, P) attention mask of 1s (tokens) and 0s (padding), or None."""
-    if attention_mask is None:
-        return None
-    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-        got = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}")
-    keep = attention_mask.to(input_ids.device)
-    if not bool(((keep == 0) | (keep == 1)).all()):
-        raise ValueError("attention_mask must hold 1 (token) and 0 (padding) only")
-    keep = keep.bool()  # (b, P)
-    if bool((keep[:, :-1] & ~keep[:, 1:]).any()):
-        raise ValueError(
-            "attention_mask must be LEFT padding (each row: 0s, then 1s): relaykit.generate appends the masks after "
-            "the prompt, so right padding would sit inside the text; pad prompts on the left (tokenizer.padding_side="
-            "'left')"
-        )
-    if input_ids.shape[1] and not bool(keep[:, -1].all()):
-        raise ValueError("every row of attention_mask needs at least one prompt token (a 1 in its last column)")
-    default = type(relay.adapter).decode_kwargs is Adapter.decode_kwargs  # the HF convention builds them from calls
-    if not getattr(relay.adapter, "builds_masks_from_call", default):
-        raise ValueError(
-            f"attention_mask (padding) needs an adapter that builds its attention masks from relaykit's DecodeCall "
-            f"(the Hugging Face convention); adapter {relay.adapter.name!r} passes its backbone's own arguments. "
-            f"Decode rows of different lengths in separate calls"
-        )
-    if not accepts(relay.backbone, "attention_mask"):
-        raise ValueError(
-            f"attention_mask (padding) is passed to the backbone as a 4D mask, but "
-            f"{type(relay.backbone).__name__}.forward takes no attention_mask; decode rows of different lengths in "
-            f"separate calls"
-        )
-    pad = torch.zeros(input_ids.shape[0], total, dtype=torch.bool, device=input_ids.device)
-    pad[:, : input_ids.shape[1]] = ~keep
-    return pad if bool(pad.any()) else None

@@ -7,7 +7,8 @@ common case), the backbone in safetensors as transformers lays it out (``model.s
 cheap fingerprint taken at attach / ``from_pretrained``; ``"always"`` and ``"never"`` force it.
 
 The whole folder is written beside the target and swapped in at once (:mod:`relaykit.atomic`): an interrupted or
-killed save leaves the previous save loadable, never a mix of the two.
+killed save leaves the previous save loadable, never a mix of the two. Loading finds the folder (local or on the
+Hub) through :mod:`relaykit.locate`.
 
 Example::
 
@@ -18,15 +19,12 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -40,6 +38,7 @@ from relaykit.adapters import adapter_from_config
 from relaykit.card import relay_card
 from relaykit.config import FORMAT_VERSION, RelayConfig
 from relaykit.fingerprint import changed_tensors
+from relaykit.locate import locate
 from relaykit.model import CHANNEL_ATTR, RelayCore
 from relaykit.resolve import readable_width
 from relaykit.weights import (
@@ -176,57 +175,6 @@ def save_relay(
 
 
 # -------------------------------------------------------------------------------------------------------- load
-def _looks_local(text: str) -> bool:
-    """A path that can only mean a local folder (never a Hub id): absolute, ./ ../ ~, or under an existing dir."""
-    if text.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(text) or "\\" in text:
-        return True
-    head = text.split("/", 1)[0]
-    return text.count("/") > 1 or ("/" in text and os.path.isdir(head))
-
-
-def _missing_folder_error(path: Path) -> FileNotFoundError:
-    parent = path.parent if str(path.parent) else Path(".")
-    while not parent.is_dir() and parent != parent.parent:
-        parent = parent.parent
-    near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir() if p.is_dir()], n=3)
-    hint = f"; folders with a similar name in {parent}: {near}" if near else ""
-    return FileNotFoundError(f"no relay folder at {str(path)!r} (nothing exists there){hint}")
-
-
-def _resolve(
-    path_or_repo_id: str | os.PathLike[str],
-    *,
-    revision: str | None,
-    cache_dir: str | os.PathLike[str] | None,
-    token: str | bool | None,
-    local_files_only: bool,
-) -> tuple[Path, Callable[[str], Path]]:
-    """(the folder as named in messages, fetch(file name) -> local path) for a local folder or a Hub repo id."""
-    text = os.fspath(path_or_repo_id)
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"path_or_repo_id must be a folder path or a Hub repo id, got {path_or_repo_id!r}")
-    local = Path(text).expanduser()
-    if not local.exists() and atomic.recover(local.absolute()) is not None:
-        warnings.warn(f"{local}: a save was killed mid-way; restored the previous save from beside it", stacklevel=4)
-    if local.is_dir():
-        if not (local / CONFIG_NAME).is_file():
-            present = sorted(p.name for p in local.iterdir())[:10]
-            raise FileNotFoundError(f"{local} is not a relay folder: no {CONFIG_NAME} (it holds {present})")
-        return local, lambda name: local / name
-    if local.exists():
-        raise NotADirectoryError(f"{local} is a file; from_pretrained expects a relay folder or a Hub repo id")
-    if isinstance(path_or_repo_id, os.PathLike) or _looks_local(text):
-        raise _missing_folder_error(local)
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text):
-        raise FileNotFoundError(f"no relay folder at {text!r}, and it is not a Hub repo id of the form 'owner/name'")
-    from huggingface_hub import hf_hub_download
-
-    kwargs: dict[str, Any] = {"revision": revision, "cache_dir": cache_dir, "token": token}
-    if local_files_only:
-        kwargs["local_files_only"] = True
-    return Path(text), lambda name: Path(hf_hub_download(text, name, **kwargs))
-
-
 def read_config(path: Path) -> RelayConfig:
     """The validated config in ``path`` (errors name the file, the field, what was expected and what came)."""
     try:
@@ -284,8 +232,13 @@ def load_relay(
     Fails naming both shapes when the channel does not fit, and naming the tensors when the backbone weights are
     for another architecture; ``model`` is left untouched by a failed load.
     """
-    folder, fetch = _resolve(
-        path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+    folder, fetch = locate(
+        path_or_repo_id,
+        marker=CONFIG_NAME,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
     )
     config_path = fetch(CONFIG_NAME)
     config = read_config(config_path)

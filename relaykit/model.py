@@ -47,7 +47,8 @@ from relaykit.adapter import Adapter
 from relaykit.channel import ChannelConfig, RelayChannel
 from relaykit.checks import check_state_width, check_token_ids
 from relaykit.fingerprint import fingerprint
-from relaykit.plan import Binding, CallPlan
+from relaykit.legacy import checked_bind
+from relaykit.plan import Binding, fed_span, relay_ids
 from relaykit.resolve import float_dtype_device
 from relaykit.slots import (
     Call,
@@ -56,10 +57,13 @@ from relaykit.slots import (
     RelaySession,
     Slot,
     Update,
+    capture,
     check_cache_batch,
+    check_cache_modes,
     check_empty,
     check_update,
     embedding_ids,
+    read_state,
 )
 from relaykit.state import RelayState
 
@@ -100,7 +104,7 @@ class RelayCore(nn.Module):
         self._disabled = 0
         self._handles: list[RemovableHandle] = []
         self._attached = False
-        self._binding: Binding = adapter.bind(backbone)
+        self._binding: Binding = checked_bind(adapter, backbone)  # a Binding, whatever bind() returned
         # what save_pretrained(backbone="auto") compares against: the backbone as it was handed to relaykit
         self._backbone_reference = fingerprint(backbone, skip_prefix=CHANNEL_ATTR)
         self._register()
@@ -216,47 +220,24 @@ class RelayCore(nn.Module):
             )
         fed = embedding_ids(args)  # (b, q) as fed
         plan = self.adapter.plan_call(self._binding, fed, call.args, call.kwargs, mask_token_id=self.mask_token_id)
-        if slot.update == "all" and plan.uses_cache:
-            raise ValueError(
-                "update='all' writes h at committed positions, which would make a KV cache stale; use "
-                "update='masked' (the default) whenever the backbone is called with a cache"
-            )
-        if self.empty == "zero" and plan.uses_cache:
-            raise ValueError(
-                "empty='zero' adds R(0) at positions without a state, committed ones included, which would make a "
-                "KV cache stale; attach with empty='skip' (the default) to decode with a cache"
-            )
+        check_cache_modes(plan.uses_cache, update=slot.update, empty=self.empty)
         check_cache_batch(plan.cache, fed.shape[0])
-        columns = None if plan.columns is None else slice(*plan.columns.indices(fed.shape[1]))
-        ids = fed if columns is None else fed[:, columns]  # (b, q'): e.g. the noisy half of [x_t ; x_0]
-        positions, bare = plan.positions, plan.bare  # (b, q'), (b, q')
-        if tuple(positions.shape) != tuple(ids.shape):
-            raise ValueError(
-                f"adapter {self.adapter.name!r} planned positions {tuple(positions.shape)} for relay columns "
-                f"{tuple(ids.shape)}; plan_call must describe exactly the columns that take part in relay"
-            )
-        lo, end = self._span(plan, positions)  # Python ints: from the plan (no sync) or read once
+        ids, columns = relay_ids(plan, fed, self.adapter.name)  # (b, q'): e.g. the noisy half of [x_t ; x_0]
+        lo, end = fed_span(plan, self.adapter.name, check=self.debug_checks)  # Python ints: the plan's, or read once
         call.ids, call.plan, call.end = ids, replace(plan, columns=columns), end
-        state = slot.state
+        read = read_state(slot, plan, lo, end)  # h (b, q', d) and where a state exists (b, q'); None: no state
         zero = self.empty == "zero"  # positions without a state take R(0) (Algorithm 1's h_0 = 0)
-        if state is None:
+        if read is None:
             if not zero:
                 return None  # h = 0 everywhere: no relay contribution, output exactly the bare embedding
             d = self._channel.config.hidden_size
             hidden = output.new_zeros(*ids.shape, d, dtype=self._channel.proj.weight.dtype)  # (b, q, d)
             filled = torch.zeros_like(ids, dtype=torch.bool)  # (b, q)
         else:
-            state.check_batch(ids.shape[0])
-            state = slot.state = state.extend(end)  # new positions on the right start empty (h = 0)
-            if end > lo:
-                state.check_covers(lo, end - 1)  # a state windowed past the fed positions is an error
-            if plan.span is not None:  # the same contiguous positions in every row: slices, no index tensors
-                hidden, filled = state.read(lo, end)  # (b, q, d), (b, q)
-            else:
-                hidden, filled = state.gather(positions, check=False)  # (b, q, d), (b, q)
+            hidden, filled = read
         if zero:
             hidden = hidden.masked_fill(~filled.unsqueeze(-1), 0)  # (b, q, d): h = 0 where no state exists
-        use = ((filled | zero) & ~bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists (or everywhere)
+        use = ((filled | zero) & ~plan.bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists (or everywhere)
         # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
         # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
         hidden = hidden.masked_fill(~use, 0)  # unused positions never enter the channel's graph
@@ -267,26 +248,6 @@ class RelayCore(nn.Module):
         part = output[:, a:b]  # (b, q', e)
         return torch.cat([output[:, :a], torch.where(use, part + delta, part), output[:, b:]], dim=1)
 
-    def _span(self, plan: CallPlan, positions: Tensor) -> tuple[int, int]:
-        """``(lo, end)``: the fed positions lie in ``lo .. end - 1``. From the plan's Python ints when it has them
-        (no host sync); else read from the tensor (one host sync: explicit ``position_ids``, a dual cache). With
-        ``debug_checks`` on, a planned span is also compared with the positions (a sync, for tests and debugging)."""
-        if plan.span is not None and not self.debug_checks:
-            return plan.span
-        lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)
-        if lo < 0:
-            raise ValueError(f"adapter {self.adapter.name!r} reports negative positions ({lo}) for this call")
-        if plan.span is None:
-            return lo, hi + 1
-        exact = torch.arange(plan.span[0], plan.span[1], device=positions.device).expand_as(positions)
-        if positions.numel() and not torch.equal(positions, exact):
-            raise RuntimeError(
-                f"adapter {self.adapter.name!r} planned positions {plan.span[0]}..{plan.span[1] - 1} (CallPlan.span) "
-                f"but its positions tensor holds {lo}..{hi} (or not in order); plan_call must give a span only when "
-                f"every row's positions are exactly lo .. end - 1"
-            )
-        return plan.span
-
     def _on_final_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         hidden = output if isinstance(output, Tensor) else output[0]
         self._capture(hidden)
@@ -296,28 +257,8 @@ class RelayCore(nn.Module):
 
     def _capture(self, hidden: Tensor) -> None:
         slot = self._active()
-        call = self._call
-        if slot is None or call is None or call.plan is None or call.ids is None:
-            return
-        positions, ids, columns = call.plan.positions, call.ids, call.plan.columns
-        if columns is not None and hidden.dim() == 3:
-            hidden = hidden[:, columns]  # (b, q', d)
-        if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
-            raise ValueError(
-                f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "
-                f"({ids.shape[0]}, {ids.shape[1]}, d); got {tuple(hidden.shape)} (is the LM head applied to a "
-                f"subset of positions, e.g. logits_to_keep? relay needs all of them)"
-            )
-        where = ids == self.mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)
-        state = slot.state
-        if state is None:
-            state = RelayState.zeros(ids.shape[0], call.end, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
-        if call.plan.span is not None:  # contiguous positions in every row: slices, no index tensors
-            slot.state = state.write_range(call.plan.span[0], hidden, where)
-        else:
-            slot.state = state.write(positions, hidden, where, check=False)  # range checked in _on_embedding
-        slot.nfe += 1
-        slot.last_positions, slot.last_span = positions, call.plan.span
+        if slot is not None and self._call is not None:
+            capture(slot, self._call, hidden, self.mask_token_id)
 
     # ------------------------------------------------------------------ public calls
     def forward(

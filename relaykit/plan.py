@@ -117,3 +117,38 @@ def clean_rows(ids: Tensor, mask_token_id: int) -> Tensor:
 def all_bare(ids: Tensor, bare: bool) -> Tensor:
     """(b, q) bool filled with ``bare``: a call that is relay-free as a whole (True) or not at all (False)."""
     return torch.full_like(ids, bare, dtype=torch.bool)
+
+
+def relay_ids(plan: CallPlan, fed: Tensor, adapter: str) -> tuple[Tensor, slice | None]:
+    """The ids (b, q') of the relay columns of an embedding call fed ``fed`` (b, q), and those columns as a
+    normalised slice (None: all); refuses a plan whose positions do not cover exactly those columns."""
+    columns = None if plan.columns is None else slice(*plan.columns.indices(fed.shape[1]))
+    ids = fed if columns is None else fed[:, columns]  # (b, q')
+    if tuple(plan.positions.shape) != tuple(ids.shape):
+        raise ValueError(
+            f"adapter {adapter!r} planned positions {tuple(plan.positions.shape)} for relay columns "
+            f"{tuple(ids.shape)}; plan_call must describe exactly the columns that take part in relay"
+        )
+    return ids, columns
+
+
+def fed_span(plan: CallPlan, adapter: str, *, check: bool = False) -> tuple[int, int]:
+    """``(lo, end)``: the planned positions lie in ``lo .. end - 1``. From ``plan.span`` when it has one (Python ints:
+    no host sync); else read from ``plan.positions`` (one host sync: explicit ``position_ids``, a dual cache).
+    ``check=True`` also compares a planned span with the positions tensor (a sync, for tests and debugging)."""
+    positions = plan.positions  # (b, q')
+    if plan.span is not None and not check:
+        return plan.span
+    lo, hi = (int(v) for v in positions.aminmax()) if positions.numel() else (0, -1)
+    if lo < 0:
+        raise ValueError(f"adapter {adapter!r} reports negative positions ({lo}) for this call")
+    if plan.span is None:
+        return lo, hi + 1
+    exact = torch.arange(plan.span[0], plan.span[1], device=positions.device).expand_as(positions)
+    if positions.numel() and not torch.equal(positions, exact):
+        raise RuntimeError(
+            f"adapter {adapter!r} planned positions {plan.span[0]}..{plan.span[1] - 1} (CallPlan.span) but its "
+            f"positions tensor holds {lo}..{hi} (or not in order); plan_call must give a span only when every "
+            f"row's positions are exactly lo .. end - 1"
+        )
+    return plan.span

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from relaykit.kvcache import cache_batch_size
@@ -80,6 +81,63 @@ def check_cache_batch(cache: Any, batch: int) -> None:
             f"the KV cache passed to this call holds {rows} rows but the input has {batch}: it comes from another "
             f"batch; build the cache from this batch (or select its rows) before calling"
         )
+
+
+def check_cache_modes(uses_cache: bool, *, update: Update, empty: Empty) -> None:
+    """Refuse the two modes that would make a KV cache stale when a call has a cache in play."""
+    if update == "all" and uses_cache:
+        raise ValueError(
+            "update='all' writes h at committed positions, which would make a KV cache stale; use "
+            "update='masked' (the default) whenever the backbone is called with a cache"
+        )
+    if empty == "zero" and uses_cache:
+        raise ValueError(
+            "empty='zero' adds R(0) at positions without a state, committed ones included, which would make a "
+            "KV cache stale; attach with empty='skip' (the default) to decode with a cache"
+        )
+
+
+def read_state(slot: Slot, plan: CallPlan, lo: int, end: int) -> tuple[Tensor, Tensor] | None:
+    """h (b, q', d) at the planned positions and where a state exists there (b, q'), for a call whose positions lie
+    in ``lo .. end - 1``; the slot's state is first extended to ``end`` (new positions on the right start empty, h =
+    0). None when the slot holds no state at all. A state windowed past the positions is an error."""
+    state = slot.state
+    if state is None:
+        return None
+    state.check_batch(plan.positions.shape[0])
+    state = slot.state = state.extend(end)
+    if end > lo:
+        state.check_covers(lo, end - 1)
+    if plan.span is not None:  # the same contiguous positions in every row: slices, no index tensors
+        return state.read(lo, end)
+    return state.gather(plan.positions, check=False)
+
+
+def capture(slot: Slot, call: Call, hidden: Tensor, mask_token_id: int) -> None:
+    """Write the final hidden state ``hidden`` (b, q, d) of the call in flight into the slot's state: at the relay
+    columns' planned positions, where the input is the mask token (``update="masked"``) or everywhere (``"all"``);
+    count the forward (NFE). A call the embedding hook did not plan is ignored."""
+    if call.plan is None or call.ids is None:
+        return
+    positions, ids, columns = call.plan.positions, call.ids, call.plan.columns
+    if columns is not None and hidden.dim() == 3:
+        hidden = hidden[:, columns]  # (b, q', d)
+    if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(ids.shape):
+        raise ValueError(
+            f"relay expected the final hidden state to cover the {ids.shape[1]} fed positions, shape "
+            f"({ids.shape[0]}, {ids.shape[1]}, d); got {tuple(hidden.shape)} (is the LM head applied to a "
+            f"subset of positions, e.g. logits_to_keep? relay needs all of them)"
+        )
+    where = ids == mask_token_id if slot.update == "masked" else torch.ones_like(ids, dtype=torch.bool)  # (b, q')
+    state = slot.state
+    if state is None:
+        state = RelayState.zeros(ids.shape[0], call.end, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+    if call.plan.span is not None:  # contiguous positions in every row: slices, no index tensors
+        slot.state = state.write_range(call.plan.span[0], hidden, where)
+    else:
+        slot.state = state.write(positions, hidden, where, check=False)  # range checked in the embedding hook
+    slot.nfe += 1
+    slot.last_positions, slot.last_span = positions, call.plan.span
 
 
 def check_update(update: str) -> Update:

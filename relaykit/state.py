@@ -294,3 +294,25 @@ class RelayState:
         """Move or cast the hidden tensor like ``Tensor.to`` (filled stays bool)."""
         hidden = self.hidden.to(*args, **kwargs)  # type: ignore[arg-type]
         return RelayState(hidden, self.filled.to(hidden.device), self.offset)
+
+
+def widen(window: RelayState | None, stop: int) -> RelayState | None:
+    """A state covering 0 .. stop-1 that holds h only inside ``window`` (None stays None): a block's relay window
+    placed on the canvas for a call that feeds everything up to the block's end."""
+    if window is None:
+        return None
+    full = RelayState.zeros(window.batch_size, stop, window.hidden_size, dtype=window.dtype, device=window.device)
+    return full.write_range(window.offset, window.hidden, window.filled)  # contiguous: slices, no host read
+
+
+def merge(before: RelayState | None, after: RelayState | None, written: Tensor) -> RelayState | None:
+    """``after`` where ``written`` (b, n) is True, ``before`` elsewhere (states covering 0 .. n-1; either None:
+    ``after``)."""
+    if before is None or after is None:
+        return after
+    n = max(before.end, after.end)
+    before, after = before.extend(n), after.extend(n)
+    written = written[:, :n]
+    hidden = torch.where(written.unsqueeze(-1), after.hidden, before.hidden)  # (b, n, d)
+    filled = torch.where(written, after.filled, before.filled)  # (b, n)
+    return RelayState(hidden, filled, 0)

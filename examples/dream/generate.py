@@ -17,10 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import relay_sft  # noqa: E402
-from train import load  # noqa: E402
+from train import TINY_VOCAB, load  # noqa: E402
 
 from relaykit import RelayModel  # noqa: E402
 
+QUESTION = "Lily can run 12 kilometers per hour for 4 hours. How far does she run?"
 TINY = dict(max_new_tokens=6, block_size=0, out=Path("runs/dream-relay"))
 
 
@@ -34,41 +35,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.tiny:
         relay_sft.load_tiny_backbone(model, args.relay)
     relay = RelayModel.from_pretrained(model, args.relay)
-    if args.tiny:  # toy prompts of the reverse task train.py --tiny learned
-        x0, _ = next(relay_sft.reverse_task(64, relay.mask_token_id, batch=4, prompt=6, seed=args.seed + 1))
-        batches = [(x0[:, :6], x0[:, 6:])]
-    else:
-        prompts = args.prompt or ["Lily can run 12 kilometers per hour for 4 hours. How far does she run?"]
-        chats = [
-            tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in prompts
-        ]
-        batches = [(torch.tensor([ids], device=args.device), None) for ids in chats]
+    # --tiny: held-out prompts of the reverse task train.py --tiny learned, with their answers
+    batches = relay_sft.prompts(args, tokenizer, relay.mask_token_id, tiny_vocab=TINY_VOCAB, default=QUESTION)
     if args.relaykit:
         return relay_sft.decode(relay, batches, args, tokenizer, block_size=args.block_size or None)
-    nfe, correct, total = [], 0, 0
-    for prompt, answer in batches:
-        steps = args.steps or args.max_new_tokens
+    steps = args.steps or args.max_new_tokens
+
+    def run(prompt: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Dream's own sampler: (sequences, NFE per row)."""
         kw = dict(max_new_tokens=args.max_new_tokens, steps=steps, alg=args.alg)
         if args.no_relay:  # the bare backbone's loop: one forward per step
             with relay.disabled():
-                out = model.diffusion_generate(prompt, **kw)
-            nfe += [steps] * prompt.shape[0]
-        else:
-            with relay.session() as session:  # Dream's own loop, unchanged; h forwarded between its steps
-                out = model.diffusion_generate(prompt, **kw)
-            nfe += [session.nfe] * prompt.shape[0]
-        new = out[:, prompt.shape[1] :]
-        if answer is not None:
-            correct += int((new == answer).all(-1).sum())
-            total += answer.shape[0]
-        else:
-            for row in new:
-                print(tokenizer.decode(row, skip_special_tokens=True))
-    result = {"mean_nfe": sum(nfe) / len(nfe)}
-    if total:
-        result["exact_match"] = correct / total
-    print(", ".join(f"{k} {v:.3f}" for k, v in result.items()))
-    return result
+                return model.diffusion_generate(prompt, **kw), [steps] * prompt.shape[0]
+        with relay.session() as session:  # Dream's own loop, unchanged; h forwarded between its steps
+            out = model.diffusion_generate(prompt, **kw)
+        return out, [session.nfe] * prompt.shape[0]
+
+    return relay_sft.decode(relay, batches, args, tokenizer, run=run)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import relay_sft  # noqa: E402
 
 import relaykit  # noqa: E402
 
+TINY_VOCAB = 64  # the twin's vocabulary (its last id is the mask token)
 TINY = dict(steps=30, batch_size=8, lr=3e-3, out=Path("runs/dream-relay"))
 
 
@@ -29,22 +30,16 @@ def load(args) -> tuple[torch.nn.Module, object]:
     if args.tiny:
         from relaykit.testing.twins.dream import tiny_dream
 
-        return tiny_dream(seed=args.seed), None
+        return tiny_dream(vocab=TINY_VOCAB, seed=args.seed), None
     relay_sft.check_transformers("4.46", "4.46", "Dream")
-    from transformers import AutoModel, AutoTokenizer
-
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, torch_dtype=torch.bfloat16)
-    return model.to(args.device), AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    return relay_sft.from_hub(args, "AutoModel")  # bfloat16, trust_remote_code
 
 
 def main(argv: list[str] | None = None) -> list[float]:
     args = relay_sft.finish_args(relay_sft.train_args(__doc__), argv, tiny_defaults=TINY)
     model, tokenizer = load(args)
     relay = relaykit.attach(model)  # picks the "dream" adapter
-    if args.tiny:
-        data = relay_sft.reverse_task(64, relay.mask_token_id, batch=args.batch_size, prompt=6, seed=args.seed)
-    else:
-        data = relay_sft.sft_pairs(args.data, tokenizer, max_length=args.max_length, batch=args.batch_size)
+    data = relay_sft.sft_data(args, tokenizer, relay.mask_token_id, tiny_vocab=TINY_VOCAB)  # --tiny: a toy task
     return relay_sft.train(relay, data, args)
 
 

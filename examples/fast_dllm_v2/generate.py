@@ -15,16 +15,16 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import relay_sft  # noqa: E402
-from train import TINY_BLOCK, TINY_PROMPT, load  # noqa: E402
+from train import TINY_BLOCK, TINY_MASK, load  # noqa: E402
 
 from relaykit import RelayModel  # noqa: E402
 
 TINY = dict(max_new_tokens=8, block_size=TINY_BLOCK, out=Path("runs/fdllm2-relay"))
 STOP = 151645  # <|im_end|>
+QUESTION = "Give me a short introduction to large language models."
 
 
 def decode(relay: RelayModel, model: torch.nn.Module, input_ids: torch.Tensor, args, mask_id: int, stop: int):
@@ -62,31 +62,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.tiny:
         relay_sft.load_tiny_backbone(model, args.relay)
     relay = RelayModel.from_pretrained(model.eval(), args.relay)
-    if args.tiny:  # toy prompts of the reverse task train.py --tiny learned; the twin never emits the stop id
-        x0, _ = next(relay_sft.reverse_task(64, mask_id, batch=4, prompt=TINY_PROMPT, seed=args.seed + 1))
-        items = [(row[None, :TINY_PROMPT], row[None, TINY_PROMPT:]) for row in x0]
-        stop = STOP
-    else:
-        prompts = args.prompt or ["Give me a short introduction to large language models."]
-        stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        items = []
-        for q in prompts:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
-            items.append((torch.tensor([ids], device=args.device), None))
-    nfe, correct = [], 0
-    for prompt, answer in tqdm(items, desc="decoding", unit="prompt"):
+    # --tiny: held-out prompts of the reverse task train.py --tiny learned (the twin never emits the stop id)
+    stop = STOP if args.tiny else tokenizer.convert_tokens_to_ids("<|im_end|>")
+    batches = relay_sft.prompts(args, tokenizer, mask_id, tiny_vocab=TINY_MASK + 1, default=QUESTION)
+    items = [(p[i : i + 1], None if a is None else a[i : i + 1]) for p, a in batches for i in range(p.shape[0])]
+
+    def run(prompt: torch.Tensor) -> tuple[torch.Tensor, list[int]]:  # one prompt at a time, as upstream
         out, calls = decode(relay, model, prompt, args, mask_id, stop)
-        nfe.append(calls)
-        new = out[0, prompt.shape[1] :]
-        if answer is not None:
-            correct += int(torch.equal(new[: answer.shape[1]], answer[0]))
-        else:
-            print(tokenizer.decode(new, skip_special_tokens=True))
-    result = {"mean_nfe": sum(nfe) / len(nfe)}
-    if args.tiny:
-        result["exact_match"] = correct / len(items)
-    print(", ".join(f"{k} {v:.3f}" for k, v in result.items()))
-    return result
+        return out, [calls]
+
+    return relay_sft.decode(relay, items, args, tokenizer, run=run)
 
 
 if __name__ == "__main__":

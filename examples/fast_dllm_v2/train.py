@@ -23,7 +23,7 @@ import relay_sft  # noqa: E402
 import relaykit  # noqa: E402
 
 TINY = dict(steps=30, batch_size=8, lr=3e-3, out=Path("runs/fdllm2-relay"))
-TINY_MASK, TINY_BLOCK, TINY_PROMPT = 63, 4, 6
+TINY_MASK, TINY_BLOCK = 63, 4
 
 
 def load(args) -> tuple[torch.nn.Module, object, int]:
@@ -36,11 +36,8 @@ def load(args) -> tuple[torch.nn.Module, object, int]:
         model.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, torch.tensor([TINY_MASK]), -1e4))
         return model, None, TINY_MASK
     relay_sft.check_transformers("4.53", "4.57", "Fast-dLLM v2")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, torch_dtype=torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    return model.to(args.device), tokenizer, tokenizer.convert_tokens_to_ids("|<MASK>|")
+    model, tokenizer = relay_sft.from_hub(args, "AutoModelForCausalLM")  # bfloat16, trust_remote_code
+    return model, tokenizer, tokenizer.convert_tokens_to_ids("|<MASK>|")
 
 
 def main(argv: list[str] | None = None) -> list[float]:
@@ -48,10 +45,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     model, tokenizer, mask_id = load(args)
     relay = relaykit.attach(model, mask_token_id=mask_id)  # picks the "fast_dllm_v2" adapter
     model.train()  # the [z ; x0] training layout is the model's train-mode path
-    if args.tiny:  # prompt 6 + response 6 in blocks of 4 (a prompt of exactly one block is ignored upstream)
-        data = relay_sft.reverse_task(64, mask_id, batch=args.batch_size, prompt=TINY_PROMPT, seed=args.seed)
-    else:
-        data = relay_sft.sft_pairs(args.data, tokenizer, max_length=args.max_length, batch=args.batch_size)
+    # --tiny: prompt 6 + response 6 in blocks of 4 (a prompt of exactly one block is ignored upstream)
+    data = relay_sft.sft_data(args, tokenizer, mask_id, tiny_vocab=TINY_MASK + 1)
     return relay_sft.train(relay, data, args)
 
 

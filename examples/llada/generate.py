@@ -14,14 +14,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import relay_sft  # noqa: E402
-from train import load  # noqa: E402
+from train import TINY_VOCAB, load  # noqa: E402
 
 from relaykit import RelayModel  # noqa: E402
 
+QUESTION = "Lily can run 12 kilometers per hour for 4 hours. How far does she run?"
 TINY = dict(max_new_tokens=8, block_size=4, out=Path("runs/llada-relay"))  # the 6-token answer in blocks of 4
 
 
@@ -33,16 +32,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.tiny:
         relay_sft.load_tiny_backbone(model, args.relay)
     relay = RelayModel.from_pretrained(model, args.relay)
-    if args.tiny:  # toy prompts of the reverse task train.py --tiny learned
-        data = relay_sft.reverse_task(64, relay.mask_token_id, batch=4, prompt=6, seed=args.seed + 1)
-        x0, _ = next(data)
-        batches = [(x0[:, :6], x0[:, 6:])]
-    else:
-        prompts = args.prompt or ["Lily can run 12 kilometers per hour for 4 hours. How far does she run?"]
-        chats = [
-            tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in prompts
-        ]
-        batches = [(torch.tensor([ids], device=args.device), None) for ids in chats]
+    # --tiny: held-out prompts of the reverse task train.py --tiny learned, with their answers
+    batches = relay_sft.prompts(args, tokenizer, relay.mask_token_id, tiny_vocab=TINY_VOCAB, default=QUESTION)
     use_cache = False if args.cache == "none" else args.cache
     return relay_sft.decode(relay, batches, args, tokenizer, block_size=args.block_size, use_cache=use_cache)
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import relay_sft  # noqa: E402
-from train import load  # noqa: E402
+from train import TINY_VOCAB, load  # noqa: E402
 
 from relaykit import RelayModel  # noqa: E402
 
@@ -31,12 +29,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.tiny:
         relay_sft.load_tiny_backbone(model, args.relay)
     relay = RelayModel.from_pretrained(model, args.relay)
-    if args.tiny:  # toy prompts of the reverse task train.py --tiny learned
-        x0, _ = next(relay_sft.reverse_task(48, relay.mask_token_id, batch=4, prompt=6, seed=args.seed + 1))
-        batches = [(x0[:, :6], x0[:, 6:])]
-    else:
-        prompts = args.prompt or [tokenizer.bos_token]
-        batches = [(torch.tensor([tokenizer(q)["input_ids"]], device=args.device), None) for q in prompts]
+    # --tiny: held-out prompts of the reverse task train.py --tiny learned, with their answers
+    default = None if args.tiny else tokenizer.bos_token  # unconditional: GPT-2's <|endoftext|>
+    batches = relay_sft.prompts(args, tokenizer, relay.mask_token_id, tiny_vocab=TINY_VOCAB, default=default)
     return relay_sft.decode(relay, batches, args, tokenizer, block_size=args.block_size or None)
 
 

@@ -22,6 +22,7 @@ import relay_sft  # noqa: E402
 
 import relaykit  # noqa: E402
 
+TINY_VOCAB = 48  # the twin's vocabulary (its last id is the mask token)
 TINY = dict(steps=30, batch_size=8, lr=3e-3, out=Path("runs/mdlm-relay"))
 
 
@@ -30,21 +31,15 @@ def load(args) -> tuple[torch.nn.Module, object]:
     if args.tiny:
         from relaykit.testing.twins.mdlm import tiny_dit
 
-        return tiny_dit(seed=args.seed), None
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    model = AutoModelForMaskedLM.from_pretrained(args.model, trust_remote_code=True)
-    return model.to(args.device), AutoTokenizer.from_pretrained("gpt2")
+        return tiny_dit(vocab=TINY_VOCAB, seed=args.seed), None
+    return relay_sft.from_hub(args, "AutoModelForMaskedLM", dtype=None, tokenizer="gpt2")  # GPT-2's tokenizer
 
 
 def main(argv: list[str] | None = None) -> list[float]:
     args = relay_sft.finish_args(relay_sft.train_args(__doc__), argv, tiny_defaults=TINY)
     model, tokenizer = load(args)
     relay = relaykit.attach(model)  # picks the "mdlm" adapter
-    if args.tiny:
-        data = relay_sft.reverse_task(48, relay.mask_token_id, batch=args.batch_size, prompt=6, seed=args.seed)
-    else:
-        data = relay_sft.sft_pairs(args.data, tokenizer, max_length=args.max_length, batch=args.batch_size)
+    data = relay_sft.sft_data(args, tokenizer, relay.mask_token_id, tiny_vocab=TINY_VOCAB)  # --tiny: a toy task
     return relay_sft.train(relay, data, args)
 
 

@@ -12,7 +12,11 @@ The twins import ``transformers`` (the ``test`` / ``examples`` extra). Example::
 - ``twins.llada``: ``LLaDAModelLM`` (GSAI-ML/LLaDA hub file, and the Fast-dLLM v1 copy with prefix/dual caches).
 - ``twins.mdlm``: MDLM's ``DIT`` and the HF ``MDLM`` wrapper.
 - ``twins.bd3lm``: BD3-LM's HF ``BD3LM`` (block KV cache, ``[x_t ; x_0]`` training layout).
-- ``twins.fast_dllm_v2``: ``Fast_dLLM_QwenForCausalLM`` with its own ``generate()``.
+- ``twins.fast_dllm_v2``: ``Fast_dLLM_QwenForCausalLM`` with its own ``generate()`` (its config and decoder layers
+  in ``twins.fast_dllm_v2_layers``, ``generate()`` in ``twins.fast_dllm_v2_generate``).
+- ``twins.dream``: ``DreamModel`` with its own ``diffusion_generate()``.
+- ``twins.shared``: the building blocks several twins share (RoPE, Qwen2 attention projections and MLP,
+  block-diffusion masks, seeded construction).
 """
 
 from __future__ import annotations

@@ -36,17 +36,7 @@ from relaykit.testing.twins.mdlm import (
     apply_rotary_pos_emb,
     modulate,
 )
-
-
-def block_diff_mask(q_idx: Tensor, kv_idx: Tensor, block_size: int, n: int) -> Tensor:
-    """Block-diffusion mask over [x_t ; x_0]: x_t block-diagonal, x_t -> earlier x_0 blocks, x_0 block-causal."""
-    x0_q, x0_kv = q_idx >= n, kv_idx >= n
-    block_q = torch.where(x0_q, q_idx - n, q_idx) // block_size
-    block_kv = torch.where(x0_kv, kv_idx - n, kv_idx) // block_size
-    diagonal = (block_q == block_kv) & (x0_q == x0_kv)
-    offset_causal = (block_q > block_kv) & x0_kv & ~x0_q
-    clean_causal = (block_q >= block_kv) & x0_kv & x0_q
-    return diagonal | offset_causal | clean_causal
+from relaykit.testing.twins.shared import block_diff_mask, masked_lm_output, seeded
 
 
 class BD3LMConfig(PretrainedConfig):
@@ -240,9 +230,7 @@ class BD3LM(PreTrainedModel):
             store_kv=bool(store_kv),
             output_hidden_states=bool(output_hidden_states),
         )
-        if return_dict is False:
-            return (logits, all_hidden_states) if output_hidden_states else logits
-        return MaskedLMOutput(logits=logits, hidden_states=all_hidden_states if output_hidden_states else None)
+        return masked_lm_output(logits, all_hidden_states, output_hidden_states, return_dict)
 
 
 def tiny_bd3lm(
@@ -257,9 +245,6 @@ def tiny_bd3lm(
     dtype: torch.dtype = torch.float32,
 ) -> BD3LM:
     """A random tiny BD3-LM (mask index = vocab - 1), zero-initialised branches perturbed, in eval mode."""
-    from relaykit.testing.twins import perturb_
-
-    torch.manual_seed(seed)
     config = BD3LMConfig(
         block_size=block_size,
         vocab_size=vocab,
@@ -270,4 +255,4 @@ def tiny_bd3lm(
         n_heads=heads,
         dropout=0.0,
     )
-    return perturb_(BD3LM(config), seed=seed).to(dtype).eval()
+    return seeded(lambda: BD3LM(config), seed=seed, dtype=dtype, perturb=True)

@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from relaykit.testing.twins.shared import QwenAttentionProjections, QwenMLP, apply_rotary_pos_emb, seeded
+
 MASK_ID = 151666  # the published Dream mask token (the twin's default vocabulary is small, see tiny_dream)
 EOS_ID = 151643
 
@@ -98,53 +100,23 @@ class DreamRotaryEmbedding(nn.Module):
         return emb.cos().to(like.dtype), emb.sin().to(like.dtype)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
-    return x * cos[:, None] + rotated * sin[:, None]  # (b, h, n, d)
-
-
-class DreamAttention(nn.Module):
-    def __init__(self, config: DreamConfig) -> None:
-        super().__init__()
-        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.hidden_size // self.heads
-        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
-
+class DreamAttention(QwenAttentionProjections):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
-        b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (b, h, n, d)
-        k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # (b, kv, n, d)
-        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        repeat = self.heads // self.kv_heads
-        k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)  # (b, h, n, d)
+        q, k, v = self.project(x)  # (b, h, n, d), (b, kv, n, d) x 2
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        k, v = self.repeat_kv(k, v)  # (b, h, n, d)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (b, h, n, n): bidirectional, never causal
         if mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         out = scores.softmax(-1) @ v  # (b, h, n, d)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
-
-
-class DreamMLP(nn.Module):
-    def __init__(self, config: DreamConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.output(out)
 
 
 class DreamDecoderLayer(nn.Module):
     def __init__(self, config: DreamConfig) -> None:
         super().__init__()
         self.self_attn = DreamAttention(config)
-        self.mlp = DreamMLP(config)
+        self.mlp = QwenMLP(config)
         self.input_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -319,7 +291,6 @@ def _sample(
 
 def tiny_dream(*, vocab: int = 64, width: int = 32, layers: int = 2, seed: int = 0) -> DreamModel:
     """A random tiny Dream (mask id = vocab - 1, EOS / pad = vocab - 2), in eval mode."""
-    torch.manual_seed(seed)
     config = DreamConfig(
         vocab_size=vocab,
         hidden_size=width,
@@ -329,4 +300,4 @@ def tiny_dream(*, vocab: int = 64, width: int = 32, layers: int = 2, seed: int =
         pad_token_id=vocab - 2,
         eos_token_id=vocab - 2,
     )
-    return DreamModel(config).eval()
+    return seeded(lambda: DreamModel(config), seed=seed, dtype=torch.float32)

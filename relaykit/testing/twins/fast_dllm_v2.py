@@ -17,6 +17,10 @@ Kept from upstream (read from the public code, written here):
   one (token shift), commits masked positions with p > threshold plus the argmax, then runs the commit pass.
   The known quirk is kept: a prompt of exactly ``block_size`` tokens is not cached (``P > block_size`` test).
 
+Parts: the config and decoder layers in :mod:`~relaykit.testing.twins.fast_dllm_v2_layers`, ``generate()`` in
+:mod:`~relaykit.testing.twins.fast_dllm_v2_generate`, the blocks other twins share in
+:mod:`~relaykit.testing.twins.shared`.
+
 Differences: SDPA with a boolean mask replaces flex attention in training (so it runs on CPU); RMSNorm keeps
 float64 inputs in float64 (upstream computes in float32); the cache is read through transformers 5's
 ``cache.layers[i]`` as well as 4.x's ``cache[i]``; top-p sampling draws for every row (upstream: row 0 only).
@@ -29,181 +33,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-FAST_DLLM_MASK_ID = 151665
-FAST_DLLM_STOP_TOKEN = 151645
+from relaykit.testing.twins.fast_dllm_v2_generate import FAST_DLLM_MASK_ID, Fast_dLLMGenerationMixin
+from relaykit.testing.twins.fast_dllm_v2_layers import (
+    Fast_dLLM_QwenConfig,
+    Fast_dLLM_QwenDecoderLayer,
+    Fast_dLLM_QwenRMSNorm,
+    Fast_dLLM_QwenRotaryEmbedding,
+)
+from relaykit.testing.twins.shared import block_causal_mask, block_diff_mask, seeded
 
-
-class Fast_dLLM_QwenConfig(PretrainedConfig):
-    model_type = "Fast_dLLM_Qwen"
-
-    def __init__(
-        self,
-        vocab_size: int = 64,
-        hidden_size: int = 32,
-        intermediate_size: int = 64,
-        num_hidden_layers: int = 2,
-        num_attention_heads: int = 4,
-        num_key_value_heads: int = 2,
-        max_position_embeddings: int = 512,
-        rms_norm_eps: float = 1e-6,
-        rope_theta: float = 10000.0,
-        bd_size: int = 32,
-        tie_word_embeddings: bool = True,
-        **kwargs: object,
-    ) -> None:
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.num_key_value_heads = num_key_value_heads
-        self.max_position_embeddings = max_position_embeddings
-        self.rms_norm_eps = rms_norm_eps
-        self.rope_theta = rope_theta
-        self.bd_size = bd_size
-        self.tie_word_embeddings = tie_word_embeddings
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
-
-
-def _layer_kv(cache: DynamicCache, idx: int) -> tuple[Tensor, Tensor]:
-    layers = getattr(cache, "layers", None)
-    if layers is not None:  # transformers 5
-        return layers[idx].keys, layers[idx].values
-    return cache[idx]  # transformers 4.x
-
-
-def block_diff_mask(q_idx: Tensor, kv_idx: Tensor, block_size: int, n: int) -> Tensor:
-    """Training mask over [x_t ; x_0] (2n): block-diagonal on x_t, x_t -> earlier clean blocks, clean block-causal."""
-    x0_q, x0_kv = q_idx >= n, kv_idx >= n
-    block_q = torch.where(x0_q, q_idx - n, q_idx) // block_size
-    block_kv = torch.where(x0_kv, kv_idx - n, kv_idx) // block_size
-    diagonal = (block_q == block_kv) & (x0_q == x0_kv)
-    offset_causal = (block_q > block_kv) & x0_kv & ~x0_q
-    clean_causal = (block_q >= block_kv) & x0_kv & x0_q
-    return diagonal | offset_causal | clean_causal
-
-
-def eval_block_diff_mask(q_idx: Tensor, kv_idx: Tensor, block_size: int) -> Tensor:
-    return (q_idx // block_size) >= (kv_idx // block_size)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-
-
-class Fast_dLLM_QwenRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        dtype = hidden_states.dtype
-        x = hidden_states.to(torch.promote_types(dtype, torch.float32))
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
-
-
-class Fast_dLLM_QwenRotaryEmbedding(nn.Module):
-    def __init__(self, config: Fast_dLLM_QwenConfig) -> None:
-        super().__init__()
-        dim = config.hidden_size // config.num_attention_heads
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    @torch.no_grad()
-    def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        freqs = position_ids[:, :, None].double() * self.inv_freq[None, None, :]  # (1, q, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-class Fast_dLLM_QwenMLP(nn.Module):
-    def __init__(self, config: Fast_dLLM_QwenConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class Fast_dLLM_QwenAttention(nn.Module):
-    def __init__(self, config: Fast_dLLM_QwenConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
-
-    def forward(
-        self,
-        hidden_states: Tensor,
-        position_embeddings: tuple[Tensor, Tensor],
-        attention_mask: Tensor | None,
-        past_key_value: DynamicCache | None = None,
-        update_past_key_values: bool = False,
-        block_past_key_values: DynamicCache | None = None,
-        replace_position: int | None = None,
-    ) -> Tensor:
-        b, q_len, _ = hidden_states.shape
-        shape = (b, q_len, -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (b, h, q, hd)
-        k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        cos, sin = position_embeddings
-        if self.training:  # [x_t ; x_0]: each half gets positions 0..L-1
-            half = q_len // 2
-            q1, k1 = apply_rotary_pos_emb(q[:, :, :half], k[:, :, :half], cos, sin)
-            q2, k2 = apply_rotary_pos_emb(q[:, :, half:], k[:, :, half:], cos, sin)
-            q, k = torch.cat((q1, q2), dim=-2), torch.cat((k1, k2), dim=-2)
-        else:
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if block_past_key_values is not None:
-            if len(block_past_key_values) <= self.layer_idx:
-                k, v = block_past_key_values.update(k, v, self.layer_idx)
-            else:  # sub-block: overwrite its slots of the block cache in place
-                block_k, block_v = _layer_kv(block_past_key_values, self.layer_idx)
-                block_k[:, :, replace_position : replace_position + q_len] = k
-                block_v[:, :, replace_position : replace_position + q_len] = v
-                k, v = block_k, block_v
-        if past_key_value is not None:
-            if update_past_key_values:  # commit pass: append the finished block
-                k, v = past_key_value.update(k, v, self.layer_idx)
-            elif len(past_key_value) > self.layer_idx:
-                past_k, past_v = _layer_kv(past_key_value, self.layer_idx)
-                k, v = torch.cat((past_k, k), dim=-2), torch.cat((past_v, v), dim=-2)
-        rep = self.num_heads // self.num_kv_heads
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, is_causal=False)
-        return self.o_proj(out.transpose(1, 2).reshape(b, q_len, -1))
-
-
-class Fast_dLLM_QwenDecoderLayer(nn.Module):
-    def __init__(self, config: Fast_dLLM_QwenConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.self_attn = Fast_dLLM_QwenAttention(config, layer_idx)
-        self.mlp = Fast_dLLM_QwenMLP(config)
-        self.input_layernorm = Fast_dLLM_QwenRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = Fast_dLLM_QwenRMSNorm(config.hidden_size, config.rms_norm_eps)
-
-    def forward(self, hidden_states: Tensor, **attn_kwargs: object) -> Tensor:
-        hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), **attn_kwargs)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+__all__ = ["Fast_dLLM_QwenConfig", "Fast_dLLM_QwenForCausalLM", "Fast_dLLM_QwenModel", "tiny_fast_dllm_v2"]
 
 
 class Fast_dLLM_QwenPreTrainedModel(PreTrainedModel):
@@ -242,7 +85,7 @@ class Fast_dLLM_QwenModel(Fast_dLLM_QwenPreTrainedModel):
     def eval_mask(self, seqlen: int, block_size: int, cache_seq_len: int) -> Tensor:
         q_idx = torch.arange(seqlen) + cache_seq_len
         kv_idx = torch.arange(seqlen + cache_seq_len)
-        return eval_block_diff_mask(q_idx[:, None], kv_idx[None, :], block_size)
+        return block_causal_mask(q_idx[:, None], kv_idx[None, :], block_size)
 
     def gen_mask(self, seqlen: int, block_size: int) -> Tensor:
         idx = torch.arange(2 * seqlen)
@@ -312,7 +155,7 @@ class Fast_dLLM_QwenModel(Fast_dLLM_QwenPreTrainedModel):
         )
 
 
-class Fast_dLLM_QwenForCausalLM(Fast_dLLM_QwenPreTrainedModel):
+class Fast_dLLM_QwenForCausalLM(Fast_dLLMGenerationMixin, Fast_dLLM_QwenPreTrainedModel):
     def __init__(self, config: Fast_dLLM_QwenConfig) -> None:
         super().__init__(config)
         self.model = Fast_dLLM_QwenModel(config)
@@ -395,138 +238,6 @@ class Fast_dLLM_QwenForCausalLM(Fast_dLLM_QwenPreTrainedModel):
             block_past_key_values=outputs.block_past_key_values,
         )
 
-    @torch.no_grad()
-    def sample_with_top_p(self, logits: Tensor, top_p: float = 0.95, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-        if temperature <= 0:
-            p_1t = torch.softmax(logits, dim=-1)
-            return p_1t.argmax(dim=-1), p_1t
-        probs = torch.softmax(logits / temperature, dim=-1)
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_probs.cumsum(-1) > top_p
-        drop[..., 1:] = drop[..., :-1].clone()
-        drop[..., 0] = False
-        probs = probs.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), 0.0)
-        p_1t = probs / probs.sum(-1, keepdim=True)
-        x_1 = torch.multinomial(p_1t.flatten(0, -2), 1).view(p_1t.shape[:-1])
-        return x_1, p_1t
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        mask_id: int = FAST_DLLM_MASK_ID,
-        threshold: float = 1,
-        small_block_size: int = 8,
-        block_size: int = 32,
-        stop_token: int = FAST_DLLM_STOP_TOKEN,
-        stopping_criteria: object = None,
-        top_p: float = 0.95,
-        temperature: float = 0,
-        use_block_cache: bool = False,
-        **kwargs: object,
-    ) -> Tensor:
-        """Upstream's vanilla block-diffusion decoding loop (calls ``self.forward`` directly, as upstream does)."""
-        num_blocks = max_new_tokens // block_size
-        original_input_length = input_ids.shape[1]
-        past_key_values = None
-        if input_ids.shape[1] > block_size:  # prefill the complete prompt blocks
-            output = self.forward(
-                input_ids=input_ids[:, : input_ids.shape[1] // block_size * block_size],
-                use_cache=True,
-                update_past_key_values=True,
-                block_size=block_size,
-            )
-            past_key_values = output.past_key_values
-            if input_ids.shape[1] % block_size == 0:
-                input_ids = torch.cat([input_ids, output.logits[:, -1:].argmax(dim=-1)], dim=1)
-        num_small_blocks = block_size // small_block_size
-        for _ in range(num_blocks):
-            if stop_token in input_ids[:, original_input_length:]:
-                break
-            prompt_length = input_ids.shape[1]
-            x_init = torch.full(
-                (input_ids.shape[0], block_size - prompt_length % block_size), mask_id, device=input_ids.device
-            )
-            x_t = torch.cat([input_ids, x_init], dim=1)
-            block_past_key_values = None
-            while True:
-                if self._stopped(x_t, prompt_length, stop_token, mask_id):
-                    break
-                mask_idx = x_t[:, -block_size:] == mask_id
-                if mask_idx.sum() == 0:  # commit pass: cache the finished block, predict the next token
-                    output = self.forward(
-                        input_ids=x_t[:, -block_size:],
-                        use_cache=True,
-                        past_key_values=past_key_values,
-                        update_past_key_values=True,
-                        block_size=block_size,
-                    )
-                    past_key_values = output.past_key_values
-                    x_t = torch.cat([x_t, output.logits[:, -1:].argmax(dim=-1)], dim=1)
-                    break
-                for small_block_idx in range(num_small_blocks):
-                    sb_start = small_block_idx * small_block_size
-                    sb_end = sb_start + small_block_size
-                    start = -block_size + sb_start
-                    end = None if block_size == sb_end else -block_size + sb_end
-                    while True:
-                        mask_idx = x_t[:, -block_size:] == mask_id
-                        if mask_idx[:, start:end].sum() == 0:
-                            break
-                        if self._stopped(x_t, prompt_length, stop_token, mask_id):
-                            break
-                        if use_block_cache:
-                            if block_past_key_values is None or (x_t[:, -block_size + sb_start] == mask_id).any():
-                                output = self.forward(
-                                    input_ids=x_t[:, -block_size:],
-                                    use_cache=True,
-                                    past_key_values=past_key_values,
-                                    update_past_key_values=False,
-                                    use_block_cache=True,
-                                )
-                                logits, block_past_key_values = output.logits, output.block_past_key_values
-                                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)[:, start:end]
-                            else:
-                                logits = self.forward(
-                                    input_ids=x_t[:, start:end],
-                                    use_cache=True,
-                                    past_key_values=past_key_values,
-                                    update_past_key_values=False,
-                                    use_block_cache=True,
-                                    block_past_key_values=block_past_key_values,
-                                    replace_position=sb_start,
-                                ).logits
-                                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-                        else:
-                            logits = self.forward(
-                                input_ids=x_t[:, -block_size:],
-                                use_cache=True,
-                                past_key_values=past_key_values,
-                                update_past_key_values=False,
-                            ).logits
-                            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)[:, start:end]
-                        x_1, p_1t = self.sample_with_top_p(logits, top_p=top_p, temperature=temperature)
-                        x1_p = torch.gather(p_1t, -1, x_1.unsqueeze(-1)).squeeze(-1)
-                        x1_p = torch.where(mask_idx[:, start:end], x1_p, -torch.inf)
-                        unmask_idx = x1_p > threshold
-                        unmask_idx[torch.arange(x_1.shape[0]), x1_p.argmax(dim=-1)] = True
-                        unmask_idx = unmask_idx & mask_idx[:, start:end]
-                        x_t[:, start:end][unmask_idx] = x_1[unmask_idx]
-            input_ids = x_t
-        if stop_token in input_ids[:, original_input_length:]:
-            stop_idx = (input_ids[:, original_input_length:] == stop_token).nonzero()[0][1]
-            input_ids = input_ids[:, : stop_idx + original_input_length + 1]
-        return input_ids
-
-    @staticmethod
-    def _stopped(x_t: Tensor, prompt_length: int, stop_token: int, mask_id: int) -> bool:
-        """Upstream's early stop: a stop token with no mask before it (first row's, as upstream)."""
-        if stop_token not in x_t[:, prompt_length:]:
-            return False
-        stop_idx = (x_t[:, prompt_length:] == stop_token).nonzero()[0][1]
-        return bool((x_t[:, prompt_length : prompt_length + stop_idx] == mask_id).sum() == 0)
-
 
 def tiny_fast_dllm_v2(
     *,
@@ -538,8 +249,7 @@ def tiny_fast_dllm_v2(
     dtype: torch.dtype = torch.float32,
 ) -> Fast_dLLM_QwenForCausalLM:
     """A random tiny Fast-dLLM v2 (tied LM head), in eval mode. Its mask id is ``vocab - 1`` by convention."""
-    torch.manual_seed(seed)
     config = Fast_dLLM_QwenConfig(
         vocab_size=vocab, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, bd_size=bd_size
     )
-    return Fast_dLLM_QwenForCausalLM(config).to(dtype).eval()
+    return seeded(lambda: Fast_dLLM_QwenForCausalLM(config), seed=seed, dtype=dtype)

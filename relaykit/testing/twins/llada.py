@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from relaykit.testing.twins.shared import rope, seeded
+
 MASK_ID = 126336  # the published LLaDA-8B mask token (the twin's default vocabulary is small, see tiny_llada)
 
 
@@ -106,19 +108,12 @@ class RotaryEmbedding(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)  # (n, d)
         return angles.sin().to(like.dtype), angles.cos().to(like.dtype)
 
-    @staticmethod
-    def _rotate_half(x: Tensor) -> Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((-x2, x1), dim=-1)
-
     def forward(self, q: Tensor, k: Tensor, block_end_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         query_len, key_len = q.shape[-2], k.shape[-2]
         end = key_len if block_end_index is None else int(block_end_index)
         sin_q, cos_q = self._sin_cos(torch.arange(end - query_len, end, device=q.device), q)
         sin_k, cos_k = self._sin_cos(torch.arange(key_len, device=k.device), k)
-        q = q * cos_q + self._rotate_half(q) * sin_q
-        k = k * cos_k + self._rotate_half(k) * sin_k
-        return q, k
+        return rope(q, cos_q, sin_q), rope(k, cos_k, sin_k)
 
 
 class LLaDALlamaBlock(nn.Module):
@@ -326,7 +321,6 @@ def tiny_llada(
     dtype: torch.dtype = torch.float32,
 ) -> LLaDAModelLM:
     """A random tiny LLaDA (mask id = vocab - 1), in eval mode."""
-    torch.manual_seed(seed)
     config = LLaDAConfig(
         d_model=width,
         n_heads=heads,
@@ -337,4 +331,4 @@ def tiny_llada(
         mask_token_id=vocab - 1,
         fast_dllm_v1=fast_dllm_v1,
     )
-    return LLaDAModelLM(config).to(dtype).eval()
+    return seeded(lambda: LLaDAModelLM(config), seed=seed, dtype=dtype)

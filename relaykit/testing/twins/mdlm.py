@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from relaykit.testing.twins.shared import masked_lm_output, rope, seeded
+
 
 def _namespace(value: Any) -> Any:
     if isinstance(value, dict):
@@ -57,13 +59,8 @@ class Rotary(nn.Module):
         return cos, sin
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rotary_pos_emb(qkv: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return qkv * cos.to(qkv.dtype) + rotate_half(qkv) * sin.to(qkv.dtype)
+    return rope(qkv, cos.to(qkv.dtype), sin.to(qkv.dtype))
 
 
 class LayerNorm(nn.Module):
@@ -266,9 +263,7 @@ class MDLM(PreTrainedModel):
         if timesteps is None:
             timesteps = torch.zeros(input_ids.shape[0], device=input_ids.device)
         logits, all_hidden_states = self.backbone(input_ids, timesteps, output_hidden_states=bool(output_hidden_states))
-        if return_dict is False:
-            return (logits, all_hidden_states) if output_hidden_states else logits
-        return MaskedLMOutput(logits=logits, hidden_states=all_hidden_states if output_hidden_states else None)
+        return masked_lm_output(logits, all_hidden_states, output_hidden_states, return_dict)
 
 
 def tiny_dit(
@@ -281,11 +276,8 @@ def tiny_dit(
     dtype: torch.dtype = torch.float32,
 ) -> DIT:
     """A random tiny MDLM DIT (mask index = vocab - 1), zero-initialised branches perturbed, in eval mode."""
-    from relaykit.testing.twins import perturb_
-
-    torch.manual_seed(seed)
     config = {"model": {"hidden_size": width, "n_heads": heads, "cond_dim": 16, "n_blocks": layers, "dropout": 0.0}}
-    return perturb_(DIT(config, vocab_size=vocab), seed=seed).to(dtype).eval()
+    return seeded(lambda: DIT(config, vocab_size=vocab), seed=seed, dtype=dtype, perturb=True)
 
 
 def tiny_hf_mdlm(
@@ -298,10 +290,7 @@ def tiny_hf_mdlm(
     dtype: torch.dtype = torch.float32,
 ) -> MDLM:
     """A random tiny HF MDLM, zero-initialised branches perturbed, in eval mode."""
-    from relaykit.testing.twins import perturb_
-
-    torch.manual_seed(seed)
     config = MDLMConfig(
         vocab_size=vocab, model_length=64, hidden_dim=width, cond_dim=16, n_blocks=layers, n_heads=heads, dropout=0.0
     )
-    return perturb_(MDLM(config), seed=seed).to(dtype).eval()
+    return seeded(lambda: MDLM(config), seed=seed, dtype=dtype, perturb=True)
