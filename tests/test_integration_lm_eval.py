@@ -85,7 +85,7 @@ def test_readme_snippet_generates_with_relay_and_reports_mean_nfe(
     ns = {
         "model_dir": folders["model"],
         "relay_dir": folders["relay"],
-        "task_manager": TaskManager(include_path=str(folders["tasks"])),
+        "task_manager": TaskManager(include_path=str(folders["tasks"]), include_defaults=False),
     }
     exec(compile(block, "README lm-eval", "exec"), ns)
     results, nfe_file = ns["results"], folders["root"] / "nfe.json"
@@ -109,7 +109,7 @@ def test_readme_snippet_generates_with_relay_and_reports_mean_nfe(
 def test_loglikelihood_is_a_seeded_monte_carlo_estimate(folders: dict[str, Path]) -> None:
     results = lm_eval.simple_evaluate(
         model="relaykit", model_args=f"pretrained={folders['model']},mc_num=8", tasks=["relay_tiny_mc"],
-        task_manager=TaskManager(include_path=str(folders["tasks"])),
+        task_manager=TaskManager(include_path=str(folders["tasks"]), include_defaults=False),
     )  # fmt: skip
     assert 0.0 <= results["results"]["relay_tiny_mc"]["acc,none"] <= 1.0
     lm = RelayLM(pretrained=str(folders["model"]), mc_num=8, batch_size=1)

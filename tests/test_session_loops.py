@@ -65,15 +65,21 @@ def v2_style_generate(model, input_ids, *, mask_id, gen_length, block_size, thre
 def llada_style_generate(model, prompt, *, mask_id, gen_length, block_length, steps):
     """A LLaDA-like loop: prompt + mask canvas, blocks left to right, a fixed number of steps per block, each a
     full-sequence forward; commit the most confident masked tokens of the current block ("low-confidence
-    remasking"), the same number per step."""
+    remasking"), the same number per step.
+
+    Every forward gets an all-visible 4D mask, as LLaDA's loop passes its ``attention_mask``: the tiny Llama
+    stands in for LLaDA's bidirectional model, and transformers 4.x runs a Llama causally when given no mask
+    (5.x honours ``config.is_causal = False``), so the mask makes the loop bidirectional on both.
+    """
     b, p = prompt.shape
     x = torch.cat([prompt, torch.full((b, gen_length), mask_id, dtype=torch.long)], 1)
+    visible = torch.ones(b, 1, p + gen_length, p + gen_length, dtype=torch.bool)  # (b, 1, T, T)
     per_step = block_length // steps
     calls = 0
     for k in range(gen_length // block_length):
         hi = p + (k + 1) * block_length
         for _ in range(steps):
-            logits = model(x).logits
+            logits = model(x, attention_mask=visible).logits
             calls += 1
             logits[..., mask_id] = float("-inf")
             conf, pred = logits.softmax(-1).max(-1)
@@ -158,7 +164,8 @@ def test_llada_style_loop_in_a_session_matches_generate():
             relay.backbone, prompt, mask_id=MASK, gen_length=8, block_length=4, steps=2
         )
         assert session.nfe == calls
-    res = relaykit.generate(relay, prompt, max_new_tokens=8, block_size=4, policy=TopK(2))
+    # attention="bidirectional": on transformers 4.x relaykit then passes the all-visible masks the loop passes
+    res = relaykit.generate(relay, prompt, max_new_tokens=8, block_size=4, policy=TopK(2), attention="bidirectional")
     assert torch.equal(looped, res.sequences)
     assert res.nfe.tolist() == [calls, calls]
     bare, _ = llada_style_generate(relay.backbone, prompt, mask_id=MASK, gen_length=8, block_length=4, steps=2)

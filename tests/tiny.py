@@ -42,7 +42,11 @@ def tiny_qwen2(vocab: int = 48, width: int = 32, layers: int = 2, dtype: torch.d
 
 
 def tiny_llama_bidirectional(vocab: int = 48, width: int = 32, layers: int = 2) -> nn.Module:
-    """A transformers LlamaForCausalLM with is_causal=False: a LLaDA-like bidirectional model."""
+    """A transformers LlamaForCausalLM with is_causal=False: a LLaDA-like bidirectional model on transformers 5.x.
+
+    transformers 4.x ignores ``config.is_causal`` and runs it causally unless a 4D mask is passed
+    (``relaykit.generate(..., attention="bidirectional")`` passes one; ``relaykit.causality`` reads which).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
