@@ -58,7 +58,7 @@ def test_compiled_decoding_path_runs_on_cpu_and_keeps_the_tokens(capsys):
 
 
 def test_copied_clones_every_tensor_in_nested_outputs():
-    from relaykit.bench.decode import _copied
+    from relaykit.bench.graphs import _copied
     from relaykit.slots import RelayOutput
     from relaykit.state import RelayState
 
@@ -97,7 +97,7 @@ def test_cpu_clock_times_this_process_and_only_on_one_cpu_thread(capsys):
     finally:
         import time
 
-        import relaykit.bench.decode as decode
+        from relaykit.bench import timing
 
-        decode.CLOCK = time.perf_counter  # back to the wall clock for later runs in this process
+        timing.CLOCK = time.perf_counter  # back to the wall clock for later runs in this process
         torch.set_num_threads(1)
