@@ -6,6 +6,7 @@
 # 3. the Sudoku study (issue 9): default preset x 3 seeds x recipes, and the gpu preset, with a training deadline
 #    that leaves time to assemble the results inside TOTAL_SECONDS (default 560).
 # Everything lands in OUT as at most 8 files (the device tool's limit): logs and one tarball of results.
+# SKIP_SMOKE=1 / SKIP_BENCH=1 skip steps 1 / 2 (a rerun on a machine that already passed them).
 set -u
 OUT=${1:?OUT}; TOTAL=${2:-560}
 T0=$(date +%s)
