@@ -129,10 +129,11 @@ def seed_data(data: Path | None, folder: Path, seed: int | None) -> None:
 def plan(args: argparse.Namespace, recipes: list[Recipe], seeds: list[int]) -> list[Job]:
     base = recipes[0]
     common = ["--preset", args.preset, "--device", args.device, "--threads", "1", "--no-progress"]
+    reuses = {r.name: () if r is base else r.reuses() for r in recipes}  # read from the recipe's own settings
     recipes = [Recipe(r.name, [*args.set, *r.sets]) for r in recipes]
     jobs: list[Job] = []
     for r in recipes:
-        reused = () if r.name == base.name else Recipe(r.name, r.sets[len(args.set) :]).reuses()
+        reused = reuses[r.name]
         for seed in seeds:
             out = args.out / r.name / f"seed{seed}"
             seed_data(args.data, out, seed)
