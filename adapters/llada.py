@@ -39,6 +39,7 @@ from relaykit.cachearg import cache_argument
 from relaykit.kvcache import DecodeCall
 from relaykit.plan import Binding, CallPlan, all_bare, clean_rows, hf_positions, hf_span
 from relaykit.resolve import Side, resolve_module
+from relaykit.spans import known_span, remember
 
 PUBLISHED_MASK_ID = 126336
 
@@ -90,10 +91,12 @@ class LLaDAAdapter(FamilyAdapter):
         would leak into every key it caches. h is still written at its masked positions."""
         cache = cache_argument(binding.call_module, args, kwargs)
         replace = kwargs.get("replace_position")
-        positions = hf_positions(ids, kwargs, cache) if replace is None else _replaced_columns(ids, replace)
+        if replace is None:
+            positions, span = hf_positions(ids, kwargs, cache), hf_span(ids, kwargs, cache)
+        else:  # a dual cache: the columns relaykit.generate recorded (no read), or read from the mask
+            positions, span = _replaced_columns(ids, replace)
         refresh = bool(kwargs.get("use_cache")) and cache is None
         bare = all_bare(ids, True) if refresh else clean_rows(ids, mask_token_id)
-        span = hf_span(ids, kwargs, cache) if replace is None else None  # a dual cache's columns are read (one sync)
         return CallPlan(positions, bare, cache=cache, uses_cache=cache is not None, span=span)
 
     def decode_kwargs(self, model: nn.Module, call: DecodeCall) -> dict[str, Any]:
@@ -110,16 +113,21 @@ class LLaDAAdapter(FamilyAdapter):
             a, b = call.replaced
             replace = torch.zeros(call.batch, call.cache_length, dtype=torch.bool, device=call.device)
             replace[:, a:b] = True
-            kwargs["replace_position"] = replace
+            columns = range(call.cache_length)[a:b]  # the True columns, as the slice above set them
+            kwargs["replace_position"] = remember(replace, (columns.start, columns.stop)) if columns else replace
         return kwargs
 
 
-def _replaced_columns(ids: Tensor, replace: Any) -> Tensor:
-    """The True columns of a dual-cache ``replace_position`` (b, L), in order: the positions of ``ids`` (b, q)."""
+def _replaced_columns(ids: Tensor, replace: Any) -> tuple[Tensor, tuple[int, int] | None]:
+    """The True columns of a dual-cache ``replace_position`` (b, L), in order: the positions of ``ids`` (b, q), and
+    their span when relaykit built the mask (:func:`relaykit.spans.known_span`: nothing read); else read (a sync)."""
     b, q = ids.shape
     if not isinstance(replace, Tensor) or replace.dim() != 2 or replace.shape[0] != b:
         got = tuple(replace.shape) if isinstance(replace, Tensor) else type(replace).__name__
         raise ValueError(f"replace_position must be a (batch, L) bool tensor with batch {b}; got {got}")
+    span = known_span(replace)
+    if span is not None and span[1] - span[0] == q:  # the mask holds True exactly at span[0] .. span[1] - 1
+        return torch.arange(*span, device=ids.device).expand(b, q), span
     counts = replace.sum(-1)  # (b,)
     if bool((counts != q).any()):
         raise ValueError(
@@ -127,4 +135,4 @@ def _replaced_columns(ids: Tensor, replace: Any) -> Tensor:
             f"cache needs exactly one True per fed token"
         )
     cols = torch.arange(replace.shape[1], device=replace.device).expand(b, -1)  # (b, L)
-    return cols[replace.bool()].view(b, q).to(ids.device)  # True columns, in order
+    return cols[replace.bool()].view(b, q).to(ids.device), None  # True columns, in order

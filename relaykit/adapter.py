@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from relaykit.cachearg import cache_argument, cache_parameter, output_cache
+from relaykit.cachearg import cache_argument, cache_parameter, forward_parameters, output_cache
 from relaykit.kvcache import Attention, DecodeCall, crop_cache
 from relaykit.legacy import DeprecatedCallAPI, bridges_legacy, legacy_plan
 from relaykit.plan import Binding, CallPlan, clean_rows, hf_positions, hf_span
@@ -229,11 +229,7 @@ class Adapter(DeprecatedCallAPI):
 
 
 def _accepts(model: nn.Module, name: str) -> bool:
-    """Whether ``model.forward`` takes keyword ``name`` (or **kwargs)."""
-    import inspect
-
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+    """Whether ``model.forward`` takes keyword ``name`` (or **kwargs); the signature is read once per forward
+    function (``relaykit.cachearg.forward_parameters``), not on every decoding call."""
+    params = forward_parameters(model)
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

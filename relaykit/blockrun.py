@@ -44,7 +44,12 @@ from relaykit.blocklogits import BlockLogits, Span
 from relaykit.causality import native_attention
 from relaykit.kvcache import Attention, CallKind, DecodeCall, cache_length
 from relaykit.model import RelayCore
+from relaykit.plan import check_fed_positions
 from relaykit.state import RelayState, merge, widen
+
+Window = RelayState | None  # a block's (or the canvas's) relay state, None: h = 0
+Flags = tuple[bool, ...] | None  # Runner.host_flags read on the host (None: not read yet)
+Stepped = tuple[Tensor, Window]  # (logits aligned with the block (b, B, V), the new window)
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ class Runner:
         relay_on = relay_on and self.relay.enabled  # generate() inside relay.disabled(): the bare backbone's loop
         if relay_on:
             out = self.relay(ids, state=state, **backbone_kwargs)
-            self._check_positions(out.positions, start, stop, out.span)
+            check_fed_positions(out.positions, start, stop, out.span, adapter.name, self.mode, self.relay.debug_checks)
             self.fed = (start, stop)
         else:
             with self.relay.disabled():
@@ -145,35 +150,6 @@ class Runner:
         self.block_cache = adapter.decode_block_cache(out.output, call)
         self.logits.record(out.logits, start, stop)
         return out.logits, out.state if relay_on else None  # (b, q, V)
-
-    def _check_positions(
-        self, positions: Tensor | None, start: int, stop: int, span: tuple[int, int] | None = None
-    ) -> None:
-        """The adapter's positions must be the fed ones, or a contiguous part of them (``CallPlan.columns``).
-
-        With the plan's ``span`` (Python ints: the positions are lo .. end - 1 in every row) the check reads nothing
-        on the host; without one it reads the positions tensor."""
-        ok = positions is not None and positions.numel() > 0
-        if ok and span is not None and not self.relay.debug_checks:
-            lo, end = span
-            if start <= lo and end <= stop and end - lo == positions.shape[-1]:
-                return
-            ok = False
-        if ok:
-            first = int(positions[0, 0])
-            expected = torch.arange(first, first + positions.shape[-1], device=positions.device)
-            ok = start <= first and first + positions.shape[-1] <= stop and bool((positions == expected).all())
-        if not ok:
-            got = (
-                "none"
-                if positions is None or not positions.numel()
-                else f"{int(positions.min())}..{int(positions.max())}"
-            )
-            raise RuntimeError(
-                f"adapter {self.relay.adapter.name!r} reports positions {got} for a call that feeds positions "
-                f"{start}..{stop - 1}: its plan_call() does not read the arguments its decode_kwargs() passes "
-                f"({self.mode} cache); fix one of the two so they agree"
-            )
 
     def window(self, state: RelayState | None, block: Span, total: int) -> RelayState | None:
         """What the relay returned, cut to the extent the runner keeps: the block (block-causal) or the canvas."""
@@ -196,8 +172,14 @@ class Runner:
         """Block ``(s, e)`` becomes active."""
         self.logits.begin(block)
 
-    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
-        """One relay step; returns (logits aligned with ``x[:, s:e]`` (b, B, V), the block's new state window)."""
+    def host_flags(self, x: Tensor, block: Span, focus: Span) -> Tensor | None:
+        """(k,) bool values the next :meth:`step` branches on, computed on the device for the caller to read with
+        its own host read and pass back as ``step(..., flags=...)`` (None: the step branches on nothing)."""
+        return None
+
+    def step(self, x: Tensor, block: Span, focus: Span, window: Window, flags: Flags = None) -> Stepped:
+        """One relay step; returns (logits aligned with ``x[:, s:e]`` (b, B, V), the block's new state window).
+        ``flags``: :meth:`host_flags` read on the host (None: the step reads them itself)."""
         raise NotImplementedError
 
     def end(self, x: Tensor, block: Span, *, last: bool) -> int:
@@ -230,7 +212,7 @@ class Recompute(Runner):
 
     mode = "none"
 
-    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
+    def step(self, x: Tensor, block: Span, focus: Span, window: Window, flags: Flags = None) -> Stepped:
         total = x.shape[1]
         if self.attention == "block_causal":
             _, state = self.call(x, "step", 0, block[1], state=widen(window, block[1]))
@@ -249,7 +231,7 @@ class BlockPrefixCache(Runner):
     def prepare(self, x: Tensor, canvas_start: int) -> int:
         return self._prefill(x, canvas_start)
 
-    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
+    def step(self, x: Tensor, block: Span, focus: Span, window: Window, flags: Flags = None) -> Stepped:
         s, e = block
         _, state = self.call(x, "step", s, e, state=window)
         self.crop(s)
@@ -284,7 +266,7 @@ class RefreshPrefixCache(_Refreshing):
 
     mode = "prefix"
 
-    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
+    def step(self, x: Tensor, block: Span, focus: Span, window: Window, flags: Flags = None) -> Stepped:
         s, _ = block
         if not self.refreshed:
             state = self._refresh(x, window)
@@ -300,7 +282,7 @@ class DualCache(_Refreshing):
 
     mode = "dual"
 
-    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
+    def step(self, x: Tensor, block: Span, focus: Span, window: Window, flags: Flags = None) -> Stepped:
         s, e = block
         if not self.refreshed:
             state = self._refresh(x, window)
@@ -324,10 +306,18 @@ class SubBlockCache(Runner):
         super().begin(x, block)
         self.block_ready = False
 
-    def step(self, x: Tensor, block: Span, focus: Span, window: RelayState | None) -> tuple[Tensor, RelayState | None]:
+    def host_flags(self, x: Tensor, block: Span, focus: Span) -> Tensor | None:
+        """Once the block is cached: (1,) whether the sub-block's first token is still masked in some row (then the
+        whole block is fed again, as Fast-dLLM v2's loop does)."""
+        return (x[:, focus[0]] == self.relay.mask_token_id).any().view(1) if self.block_ready else None
+
+    def step(self, x: Tensor, block: Span, focus: Span, window: Window, flags: Flags = None) -> Stepped:
         s, e = block
         a, b = focus
-        if not self.block_ready or bool((x[:, a] == self.relay.mask_token_id).any()):
+        if flags is None:
+            need = self.host_flags(x, block, focus)
+            flags = () if need is None else tuple(need.tolist())  # one host read (generate reads it with its own)
+        if not self.block_ready or flags[0]:
             self.crop(s)
             _, state = self.call(x, "block", s, e, state=window)  # its keys stay: the block cache, cropped at the end
             self.block_ready = True

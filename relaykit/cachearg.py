@@ -29,7 +29,9 @@ CACHE_NAMES = ("cache", "past_key_values")
 _SIGNATURES: weakref.WeakKeyDictionary[Any, dict[str, inspect.Parameter]] = weakref.WeakKeyDictionary()
 
 
-def _parameters(module: nn.Module) -> dict[str, inspect.Parameter]:
+def forward_parameters(module: nn.Module) -> dict[str, inspect.Parameter]:
+    """The parameters of ``module.forward`` as seen through the bound method (cached by its function; {} when
+    they cannot be read)."""
     forward = module.forward
     function = getattr(forward, "__func__", None)  # a bound method: cache by its function
     if function is not None and function in _SIGNATURES:
@@ -49,7 +51,7 @@ def _parameters(module: nn.Module) -> dict[str, inspect.Parameter]:
 def cache_parameter(module: nn.Module) -> str | None:
     """The name ``module.forward`` takes its KV cache under: ``"cache"`` when declared, else
     ``"past_key_values"`` when declared or when it takes ``**kwargs``; None when it takes no cache."""
-    params = _parameters(module)
+    params = forward_parameters(module)
     for name in CACHE_NAMES:
         if name in params:
             return name
@@ -67,7 +69,7 @@ def cache_argument(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
             f"the call passes a KV cache twice ({' and '.join(given)}); pass it once, as "
             f"{cache_parameter(module) or 'past_key_values'}="
         )
-    params = _parameters(module)
+    params = forward_parameters(module)
     if given == ["cache"] and "past_key_values" in params and "cache" not in params:
         raise ValueError(
             f"{type(module).__name__}.forward takes its KV cache as past_key_values= (transformers 4.x or remote "

@@ -45,6 +45,7 @@ from relaykit.canvas import (
 )
 from relaykit.checks import check_state_covers, still_masked
 from relaykit.generation import GenerationConfig, choose_tokens
+from relaykit.hostread import read_step
 from relaykit.kvcache import Attention, cache_batch_size, cache_length
 from relaykit.model import RelayCore, unwrap_relay
 from relaykit.policies import Policy, as_policy, commit_step, policy_violations, raise_policy_violation
@@ -262,6 +263,8 @@ def generate(
         return GenerateResult(x, nfe, steps, trajectory, None, blocks)
     nfe += runner.prepare(x, canvas_start)
     done = torch.zeros(b, dtype=torch.bool, device=x.device)  # rows stopped by an EOS in a decoded block
+    stop: Tensor | None = None  # (1,) "has every row stopped?", read with the next block's first check
+    halted = False
     eos = torch.tensor(eos_ids, dtype=x.dtype, device=x.device)
     fill = config.fill_id
     loop_step = 0
@@ -280,13 +283,18 @@ def generate(
                 focus[:, a:c] = True
                 todo = still_masked(x, mask_id, maskable_t) & focus  # (b, T)
                 active = todo.any(-1)  # (b,)
-                flags = active.any().view(1) if pending is None else torch.cat([active.any().view(1), pending])
-                go, *broken = flags.tolist()  # the step's one host read: go on?, and did the policy break a rule?
+                need = runner.host_flags(x, (s, e), (a, c))  # (k,) what the runner's step decides on, or None
+                # the step's one host read: go on?, has every row stopped (first step of a block after an EOS
+                # check)?, did the last commit break a policy rule?, and the runner's flags
+                go, halted, broken, flags = read_step(active.any(), stop, pending, need)
+                stop = None
+                if halted:
+                    break
                 if broken:
                     raise_policy_violation(policy, *broken)
                 if not go:
                     break
-                logits, window = runner.step(x, (s, e), (a, c), window)  # (b, B, V)
+                logits, window = runner.step(x, (s, e), (a, c), window, flags=flags)  # (b, B, V)
                 scores = choose_tokens(logits, config, mask_token_id=mask_id, generator=generator)
                 commit, prediction = commit_step(
                     policy,
@@ -309,17 +317,20 @@ def generate(
                 if callback is not None:
                     callback(loop_step, x.clone())
                 loop_step += 1
+            if halted:
+                break
+        if halted:  # every row stopped at an EOS in an earlier block: this block holds pad tokens only
+            break
         carried = window
         live = ~done  # rows that decoded this block pay for its commit pass
         nfe += runner.end(x, (s, e), last=last and not return_cache) * live
         if eos_ids and not last:
             stopped = done | (torch.isin(x[:, s:e], eos) & candidates[:, s:e]).any(-1)  # (b,)
-            newly = stopped & ~done
-            if bool(newly.any()):  # a stopped row's later blocks hold pad tokens: nothing left to decode
-                x[newly, e:] = fill
+            newly = stopped & ~done  # (b,) a stopped row's later blocks hold pad tokens: nothing left to decode
+            x[:, e:].masked_fill_(newly.unsqueeze(-1), fill)  # arithmetic, no "any row newly stopped?" read
             done = stopped
-            if bool(done.all()) and not return_cache:
-                break
+            if not return_cache:
+                stop = done.all().view(1)
     out_cache = None
     if return_cache:
         out_cache = PromptCache(runner.cache, x.clone(), segments, runner.tail)

@@ -21,11 +21,14 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from relaykit.spans import remember
 
 CallKind = Literal["prefill", "step", "refresh", "block", "sub_block", "commit"]
 Attention = Literal["bidirectional", "block_causal"]
@@ -140,8 +143,10 @@ class DecodeCall:
         return self.stop - self.start
 
     def position_ids(self) -> Tensor:
-        """Absolute positions of the fed tokens, (b, q)."""
-        return torch.arange(self.start, self.stop, device=self.device).unsqueeze(0).expand(self.batch, -1)
+        """Absolute positions of the fed tokens, (b, q), with their span recorded (``relaykit.spans``): the relay
+        hooks learn their range without reading them."""
+        positions = torch.arange(self.start, self.stop, device=self.device).unsqueeze(0).expand(self.batch, -1)
+        return remember(positions, (self.start, self.stop))
 
     def key_positions(self) -> Tensor:
         """Absolute position of every key column the call attends: cached ones (0 .. L-1) then the fed ones."""
@@ -154,6 +159,9 @@ class DecodeCall:
         None when every column is allowed, unless ``explicit`` (HF causal-LM classes fall back to a causal mask
         when given none, so block-causal calls always pass one).
         """
+        padded = self.padding is not None and bool(self.padding.any())
+        if not padded and not explicit and self._allows_all():
+            return None
         keys = self.key_positions()  # (kv,)
         queries = torch.arange(self.start, self.stop, device=self.device)  # (q,)
         ok = torch.ones(queries.numel(), keys.numel(), dtype=torch.bool, device=self.device)  # (q, kv)
@@ -166,13 +174,28 @@ class DecodeCall:
             stale = torch.zeros(keys.numel(), dtype=torch.bool, device=self.device)
             stale[a : min(b, self.cache_length)] = True  # superseded cached columns; the fresh ones follow
             ok &= ~stale[None, :]
-        if self.padding is not None and bool(self.padding.any()):
+        if padded:
             hidden = self.padding[:, keys]  # (b, kv): padding keys
             own = keys[None, :] == queries[:, None]  # (q, kv): a padding query still sees itself (no empty row)
             return ok[None, None] & (~hidden[:, None, None, :] | own[None, None])  # (b, 1, q, kv)
-        if not explicit and bool(ok.all()):
-            return None
         return ok[None, None].expand(self.batch, 1, -1, -1)  # (b, 1, q, kv)
+
+    def _allows_all(self) -> bool:
+        """Whether :meth:`allowed` (without padding) lets every query see every key, from Python ints (no read):
+        no replaced cached column is hidden, and under block-causal attention no key sits in a later segment than
+        the first query (segment indices only grow with the position)."""
+        if self.stop <= self.start:
+            return True  # no query
+        columns = range(self.cache_length + self.length)  # the key columns, as key_positions() lays them out
+        if self.replaced is not None and columns[self.replaced[0] : min(self.replaced[1], self.cache_length)]:
+            return False  # superseded cached columns are hidden
+        if self.attention != "block_causal":
+            return True
+        if not self.segments:
+            raise ValueError("a block-causal call needs its attention segments")
+        starts = [s for s, _ in self.segments[1:]]  # segment_ids = bisect_right(starts, position)
+        last_key = max(self.cache_length, self.stop) - 1
+        return bisect.bisect_right(starts, last_key) <= bisect.bisect_right(starts, self.start)
 
     def attention_mask(self, dtype: torch.dtype, *, additive: bool) -> Tensor | None:
         """:meth:`allowed` as an HF 4D mask: bool (sdpa) or additive float in ``dtype`` (eager).

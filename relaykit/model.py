@@ -224,7 +224,8 @@ class RelayCore(nn.Module):
         check_cache_batch(plan.cache, fed.shape[0])
         ids, columns = relay_ids(plan, fed, self.adapter.name)  # (b, q'): e.g. the noisy half of [x_t ; x_0]
         lo, end = fed_span(plan, self.adapter.name, check=self.debug_checks)  # Python ints: the plan's, or read once
-        call.ids, call.plan, call.end = ids, replace(plan, columns=columns), end
+        call.ids, call.end = ids, end
+        call.plan = plan if columns == plan.columns else replace(plan, columns=columns)  # the normalised slice
         read = read_state(slot, plan, lo, end)  # h (b, q', d) and where a state exists (b, q'); None: no state
         zero = self.empty == "zero"  # positions without a state take R(0) (Algorithm 1's h_0 = 0)
         if read is None:
@@ -235,12 +236,18 @@ class RelayCore(nn.Module):
             filled = torch.zeros_like(ids, dtype=torch.bool)  # (b, q)
         else:
             hidden, filled = read
-        if zero:
-            hidden = hidden.masked_fill(~filled.unsqueeze(-1), 0)  # (b, q, d): h = 0 where no state exists
-        use = ((filled | zero) & ~plan.bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists (or everywhere)
+        if zero:  # relay everywhere but on relay-free columns, with h = 0 where no state exists
+            hidden = hidden.masked_fill(~filled.unsqueeze(-1), 0)  # (b, q, d)
+            use = (~plan.bare).unsqueeze(-1)  # (b, q, 1)
+        else:  # relay where a state exists
+            use = (filled & ~plan.bare).unsqueeze(-1)  # (b, q, 1)
         # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
         # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
-        hidden = hidden.masked_fill(~use, 0)  # unused positions never enter the channel's graph
+        if torch.is_grad_enabled():
+            # unused positions never enter the channel's graph (a NaN there would reach the weights' gradients).
+            # Without autograd this pass over h is skipped: the channel maps each position on its own and
+            # torch.where below drops the unused ones, so the values are the same.
+            hidden = torch.where(use, hidden, 0.0)  # (b, q, d)
         delta = self._channel(hidden).to(output.dtype)  # (b, q, e)
         if columns is None:
             return torch.where(use, output + delta, output)
@@ -283,7 +290,7 @@ class RelayCore(nn.Module):
         on_cpu = isinstance(input_ids, Tensor) and input_ids.device.type == "cpu"
         eager_cpu = on_cpu and not torch.compiler.is_compiling()
         read = eager_cpu or self.debug_checks
-        check_token_ids(input_ids, self.adapter.vocab_size(self.backbone), read_range=read)
+        check_token_ids(input_ids, self.adapter.vocab_size(self.backbone) if read else None, read_range=read)
         check_state_width(state, self._channel.config.hidden_size)
         run = self.adapter.call_backbone
         if self._disabled:

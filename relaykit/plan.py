@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from relaykit.kvcache import cache_length
 from relaykit.resolve import Side
+from relaykit.spans import known_span
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,21 +97,25 @@ def hf_positions(ids: Tensor, kwargs: dict[str, Any], cache: Any) -> Tensor:
     if isinstance(given, Tensor) and not given.is_floating_point() and given.shape[-1] == q and given.dim() <= 2:
         return given.to(ids.device, torch.long).expand(b, q)
     past = cache_length(cache)
-    return (past + torch.arange(q, device=ids.device)).unsqueeze(0).expand(b, q)
+    return torch.arange(past, past + q, device=ids.device).unsqueeze(0).expand(b, q)
 
 
 def hf_span(ids: Tensor, kwargs: dict[str, Any], cache: Any) -> tuple[int, int] | None:
-    """The exact range ``(lo, end)`` of :func:`hf_positions` when Python ints give it (no explicit ``position_ids``):
-    ``(cache_len, cache_len + q)``; None when the caller passed ``position_ids`` (read from the tensor then)."""
-    if kwargs.get("position_ids") is not None:
-        return None
+    """The exact range ``(lo, end)`` of :func:`hf_positions` when Python ints give it: ``(cache_len, cache_len + q)``
+    without explicit ``position_ids``, or the span relaykit recorded for ``position_ids`` it built itself
+    (:func:`relaykit.spans.known_span`); None for other ``position_ids`` (read from the tensor then)."""
+    given = kwargs.get("position_ids")
+    if given is not None:
+        span = known_span(given)
+        ok = span is not None and given.dim() <= 2 and given.shape[-1] == ids.shape[1] == span[1] - span[0]
+        return span if ok else None
     past = cache_length(cache)
     return past, past + ids.shape[1]
 
 
 def clean_rows(ids: Tensor, mask_token_id: int) -> Tensor:
     """(b, q) bool: True over every row of ``ids`` that feeds no mask token (a prefill or commit pass)."""
-    clean = ~(ids == mask_token_id).any(-1, keepdim=True)  # (b, 1)
+    clean = (ids != mask_token_id).all(-1, keepdim=True)  # (b, 1)
     return clean.expand_as(ids)
 
 
@@ -152,3 +157,29 @@ def fed_span(plan: CallPlan, adapter: str, *, check: bool = False) -> tuple[int,
             f"row's positions are exactly lo .. end - 1"
         )
     return plan.span
+
+
+def check_fed_positions(
+    positions: Tensor | None, start: int, stop: int, span: tuple[int, int] | None, adapter: str, mode: str, read: bool
+) -> None:
+    """The positions (b, q') a relay call reported must be the fed ones, ``start .. stop - 1``, or a contiguous part
+    of them (``CallPlan.columns``). With the plan's ``span`` (Python ints) nothing is read on the host unless
+    ``read`` (``RelayCore.debug_checks``); without one the positions tensor is read. ``mode``: the cache mode, named
+    in the error."""
+    ok = positions is not None and positions.numel() > 0
+    if ok and span is not None and not read:
+        lo, end = span
+        if start <= lo and end <= stop and end - lo == positions.shape[-1]:
+            return
+        ok = False
+    if ok:
+        first = int(positions[0, 0])
+        expected = torch.arange(first, first + positions.shape[-1], device=positions.device)
+        ok = start <= first and first + positions.shape[-1] <= stop and bool((positions == expected).all())
+    if not ok:
+        got = "none" if positions is None or not positions.numel() else f"{int(positions.min())}..{int(positions.max())}"
+        raise RuntimeError(
+            f"adapter {adapter!r} reports positions {got} for a call that feeds positions {start}..{stop - 1}: its "
+            f"plan_call() does not read the arguments its decode_kwargs() passes ({mode} cache); fix one of the two "
+            f"so they agree"
+        )

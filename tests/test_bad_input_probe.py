@@ -137,3 +137,28 @@ def test_nan_at_unfilled_positions_does_not_poison_the_gradient() -> None:
     grads = [p.grad for p in relay.channel.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert relay.channel.proj.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "gated"])
+def test_without_autograd_unused_positions_give_the_same_logits_without_the_zeroing_pass(kind: str) -> None:
+    """Under no_grad the relay forward skips zeroing h at positions that take no relay (the channel maps each
+    position on its own and they are dropped): the logits equal those of the forward with autograd, bit for bit,
+    even with NaN / inf in h there."""
+    torch.manual_seed(0)
+    relay = relaykit.attach(TinyMDM(), kind=kind, **GENERIC)
+    with torch.no_grad():
+        for p in relay.channel.parameters():
+            p.normal_(0.0, 0.3)
+    hidden = torch.randn(2, 6, 16)
+    filled = torch.zeros(2, 6, dtype=torch.bool)
+    filled[:, :3] = True
+    hidden[~filled] = float("nan")
+    hidden[0, 4] = float("inf")
+    ids = torch.full((2, 6), MASK_ID)
+    ids[1] = 5  # a row with no mask: relay-free, its h (filled) takes no relay either
+    state = RelayState(hidden, filled)
+    with_grad = relay(ids, state=state).logits
+    with torch.no_grad():
+        without = relay(ids, state=state).logits
+    assert torch.isfinite(without).all() and torch.equal(without, with_grad.detach())
+    assert not torch.equal(without[0], relay.backbone(ids)[0])  # the channel does act on the filled positions
