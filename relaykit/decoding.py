@@ -49,6 +49,7 @@ from relaykit.hostread import read_step
 from relaykit.kvcache import Attention, cache_batch_size, cache_length
 from relaykit.model import RelayCore, unwrap_relay
 from relaykit.policies import Policy, as_policy, commit_step, policy_violations, raise_policy_violation
+from relaykit.rowdrop import check_row_dropping, step_rows
 from relaykit.shift import check_first_unmasked, check_token_shift
 from relaykit.state import RelayState
 
@@ -158,6 +159,7 @@ def generate(
     pad_token_id: int | None = None,
     suppress_tokens: list[int] | None = None,
     attention_mask: Tensor | None = None,
+    drop_finished_rows: bool = False,
 ) -> GenerateResult:
     """Decode ``input_ids`` (b, P) plus ``max_new_tokens`` masks with the relay forwarding h between steps.
 
@@ -192,6 +194,9 @@ def generate(
             batch): padding is never attended and never filled, so each row decodes as it would alone (with
             rotary / relative positions, as in Hugging Face decoders; positions count from the canvas start).
             Needs an adapter that builds its masks from ``DecodeCall`` (the Hugging Face convention).
+        drop_finished_rows: feed only the rows that still have a blank to fill (no cache only;
+            :mod:`relaykit.rowdrop`): same tokens and NFE, less work when rows finish at different steps (which
+            rows are left is read with the step's one host read).
     """
     relay = unwrap_relay(relay, caller="generate()")
     config = (generation_config if generation_config is not None else GenerationConfig()).updated(
@@ -226,6 +231,8 @@ def generate(
     attention = decode_attention(relay, check_attention_given(relay, attention))
     blocks = block_spans(canvas_start, total, block_size)
     check_cache_mode(relay, mode, attention, sub_block_size, block_size or total - canvas_start, return_cache)
+    if drop_finished_rows:
+        check_row_dropping(mode)
     shift = check_token_shift(relay.adapter.token_shift)
     candidates = still_masked(x, mask_id, maskable_t)  # (b, T)
     check_first_unmasked(candidates, shift, what="the canvas")
@@ -284,9 +291,10 @@ def generate(
                 todo = still_masked(x, mask_id, maskable_t) & focus  # (b, T)
                 active = todo.any(-1)  # (b,)
                 need = runner.host_flags(x, (s, e), (a, c))  # (k,) what the runner's step decides on, or None
+                left = still_masked(x, mask_id, maskable_t).any(-1) if drop_finished_rows else None  # (b,)
                 # the step's one host read: go on?, has every row stopped (first step of a block after an EOS
-                # check)?, did the last commit break a policy rule?, and the runner's flags
-                go, halted, broken, flags = read_step(active.any(), stop, pending, need)
+                # check)?, did the last commit break a policy rule?, the runner's flags, and the rows left
+                go, halted, broken, (flags, left) = read_step(active.any(), stop, pending, need, left)
                 stop = None
                 if halted:
                     break
@@ -294,7 +302,12 @@ def generate(
                     raise_policy_violation(policy, *broken)
                 if not go:
                     break
-                logits, window = runner.step(x, (s, e), (a, c), window, flags=flags)  # (b, B, V)
+                if drop_finished_rows:  # only the rows with a blank anywhere (a row done with this block still
+                    # gets h written at its later blanks), as read above
+                    rows = torch.tensor([i for i, v in enumerate(left) if v], dtype=torch.long, device=x.device)
+                    logits, window = step_rows(runner, x, (s, e), (a, c), window, rows)  # (b, B, V)
+                else:
+                    logits, window = runner.step(x, (s, e), (a, c), window, flags=flags)  # (b, B, V)
                 scores = choose_tokens(logits, config, mask_token_id=mask_id, generator=generator)
                 commit, prediction = commit_step(
                     policy,

@@ -281,6 +281,26 @@ class RelayState:
         idx = self._rows(rows)
         return RelayState(self.hidden[idx], self.filled[idx], self.offset)
 
+    def put_rows(self, rows: Tensor | Sequence[int] | Sequence[bool], part: RelayState) -> RelayState:
+        """New state with the given rows replaced by ``part`` (the inverse of :meth:`select`; same positions).
+
+        Example::
+
+            >>> s = RelayState.zeros(batch=3, length=2, hidden_size=1)
+            >>> part = RelayState(torch.ones(1, 2, 1), torch.ones(1, 2, dtype=torch.bool))
+            >>> s.put_rows([2], part).filled[:, 0].tolist()
+            [False, False, True]
+        """
+        idx = self._rows(rows)
+        if part.batch_size != idx.numel() or part.offset != self.offset or part.length != self.length:
+            raise ValueError(
+                f"put_rows: {idx.numel()} row(s) covering positions {self.offset}..{self.end - 1} expected, got a "
+                f"state of {part.batch_size} row(s) covering {part.offset}..{part.end - 1}"
+            )
+        hidden = self.hidden.index_copy(0, idx, part.hidden.to(self.hidden.dtype))  # (b, n, d)
+        filled = self.filled.index_copy(0, idx, part.filled)  # (b, n)
+        return RelayState(hidden, filled, self.offset)
+
     def _rows(self, rows: Tensor | Sequence[int] | Sequence[bool]) -> Tensor:
         """Row indices (r,) from indices or a (batch,) bool mask, range-checked."""
         rows_t = torch.as_tensor(rows, device=self.device)

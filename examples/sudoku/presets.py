@@ -150,8 +150,10 @@ PRESETS = {
         val_puzzles=100,
         thresholds=(0.7, 0.9, 0.99),
     ),
-    # the README's main command: <= 30 minutes on 2 CPU cores
-    "default": Preset(name="default", hard_puzzles=100),
+    # the README's main command: <= 30 minutes on 2 CPU cores. Batch 32 and 1500 passes (warm 750) since 2026-11-30:
+    # batch 64 and 1800 passes took about 45 min on 2 cores of an AMD EPYC (0.45-0.51 s per pass); the H200 runs in
+    # docs/results/sudoku-h200-default used --set batch=64 budget=1800 warm=900
+    "default": Preset(name="default", batch=32, budget=1500, warm=750, hard_puzzles=100),
     # for one GPU, sized for a borrowed machine: about 5 minutes of an H200 shared with the default preset's seeds
     "gpu": Preset(
         name="gpu",
@@ -176,8 +178,8 @@ PRESETS = {
 #: one line per preset for ``run.py --help``
 DESCRIPTIONS = {
     "quick": "a first look: d=96, 3 layers, 800 passes per method, easier puzzles; ~4 min on 2 free cores",
-    "default": "the study: d=128, 4 layers, 1800 passes per method (warm 900), 26-30 givens, a 22-24-given "
-    "'hard' subset; ~20 min on 2 free cores",
+    "default": "the study: d=128, 4 layers, 1500 passes per method (warm 750) at batch 32, 26-30 givens, a "
+    "22-24-given 'hard' subset; ~25 min on 2 free cores",
     "gpu": "for a GPU: d=256, 8 layers, 10000 passes per method (warm 5000) at batch 128, harder puzzles (22-28 "
     "givens), 1000 evaluation / 1000 validation / 500 hard puzzles; ~5 min on an H200",
 }

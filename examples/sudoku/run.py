@@ -190,6 +190,8 @@ def run_seed(
         variants = [(method, False)] + ([(ABLATIONS[method], True)] if method in ABLATIONS else [])
         for name, zero_h in variants:
             for set_name, (puzzles, subsets) in sets.items():
+                if zero_h and set_name != "eval":  # the h-zeroed ablation is read on the evaluation puzzles only
+                    continue
                 where = source if set_name == "eval" else "generated"
                 key = cache_key(puzzles, preset.thresholds, source=f"{set_name}-{where}")  # keyed by content
                 eval_dir = out / "eval" / key
