@@ -79,16 +79,29 @@ def cache_argument(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
         return kwargs[given[0]]
     if not args:
         return None
-    positional = [
-        p.name
-        for p in params.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    for name in CACHE_NAMES:
-        if name in positional:
-            index = positional.index(name)
-            return args[index] if index < len(args) else None
-    return None
+    index = _cache_position(module)
+    return args[index] if index is not None and index < len(args) else None
+
+
+#: forward function -> the index of its cache parameter among the positional ones (None: none)
+_POSITIONS: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
+
+
+def _cache_position(module: nn.Module) -> int | None:
+    """Where ``module.forward`` takes its cache positionally (None: not at all), worked out once per forward
+    function: a call with positional arguments asks on every forward."""
+    function = getattr(module.forward, "__func__", None)
+    if function is not None and function in _POSITIONS:
+        return _POSITIONS[function]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p.name for p in forward_parameters(module).values() if p.kind in kinds]
+    index = next((positional.index(name) for name in CACHE_NAMES if name in positional), None)
+    if function is not None:
+        try:
+            _POSITIONS[function] = index
+        except TypeError:  # not weak-referenceable: just not cached
+            pass
+    return index
 
 
 def output_cache(output: Any) -> Any:

@@ -126,7 +126,8 @@ class RelayChannel(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (b, n, d) -> relay addition (b, n, e), in the channel's parameter dtype unless autocast rules."""
-        x = self.norm(hidden.to(self.proj.weight.dtype))  # (b, n, d)
+        dtype = self.proj.weight.dtype
+        x = self.norm(hidden if hidden.dtype == dtype else hidden.to(dtype))  # (b, n, d)
         if self.config.kind == "linear":
             return self.proj(x)  # (b, n, e)
         if self.config.kind == "mlp":

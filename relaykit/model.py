@@ -236,19 +236,17 @@ class RelayCore(nn.Module):
             filled = torch.zeros_like(ids, dtype=torch.bool)  # (b, q)
         else:
             hidden, filled = read
-        if zero:  # relay everywhere but on relay-free columns, with h = 0 where no state exists
-            hidden = hidden.masked_fill(~filled.unsqueeze(-1), 0)  # (b, q, d)
-            use = (~plan.bare).unsqueeze(-1)  # (b, q, 1)
-        else:  # relay where a state exists
-            use = (filled & ~plan.bare).unsqueeze(-1)  # (b, q, 1)
+        if zero:
+            hidden = hidden.masked_fill(~filled.unsqueeze(-1), 0)  # (b, q, d): h = 0 where no state exists
+        use = (~plan.bare if zero else filled & ~plan.bare).unsqueeze(-1)  # (b, q, 1) relay where a state exists
         # No "skip when nothing takes relay" branch: it would need a host sync (and a graph break under compile);
         # the channel costs about one d x d matmul per token, and torch.where keeps the bare embedding bit for bit.
-        if torch.is_grad_enabled():
-            # unused positions never enter the channel's graph (a NaN there would reach the weights' gradients).
-            # Without autograd this pass over h is skipped: the channel maps each position on its own and
-            # torch.where below drops the unused ones, so the values are the same.
+        if torch.is_grad_enabled():  # keep unused positions out of the channel's graph (a NaN there would reach
+            # the weights' gradients); without autograd the channel maps each position on its own and torch.where
+            # drops the unused ones below: the same values, one pass over h less
             hidden = torch.where(use, hidden, 0.0)  # (b, q, d)
-        delta = self._channel(hidden).to(output.dtype)  # (b, q, e)
+        delta = self._channel(hidden)  # (b, q, e)
+        delta = delta if delta.dtype == output.dtype else delta.to(output.dtype)
         if columns is None:
             return torch.where(use, output + delta, output)
         a, b = columns.start, columns.stop

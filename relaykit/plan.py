@@ -177,7 +177,9 @@ def check_fed_positions(
         expected = torch.arange(first, first + positions.shape[-1], device=positions.device)
         ok = start <= first and first + positions.shape[-1] <= stop and bool((positions == expected).all())
     if not ok:
-        got = "none" if positions is None or not positions.numel() else f"{int(positions.min())}..{int(positions.max())}"
+        got = (
+            "none" if positions is None or not positions.numel() else f"{int(positions.min())}..{int(positions.max())}"
+        )
         raise RuntimeError(
             f"adapter {adapter!r} reports positions {got} for a call that feeds positions {start}..{stop - 1}: its "
             f"plan_call() does not read the arguments its decode_kwargs() passes ({mode} cache); fix one of the two "

@@ -116,3 +116,29 @@ def test_cache_keyword_refused_where_the_backbone_only_takes_past_key_values() -
     assert cache_argument(old, (torch.zeros(1), None, "c"), {}) == "c"  # positional, at its declared index
     with pytest.raises(ValueError, match="pass past_key_values="):
         cache_argument(old, (), {"cache": DynamicCache()})
+
+
+def test_where_a_forward_takes_its_cache_positionally_is_worked_out_per_forward_function() -> None:
+    """cache_argument caches the cache's positional index by forward function: a class whose forward is replaced
+    (another function) is asked afresh, and two classes with different signatures never share an answer."""
+
+    class First(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None):  # noqa: ANN001, ANN201
+            return input_ids
+
+    class Second(torch.nn.Module):
+        def forward(self, input_ids, mask=None, cache=None):  # noqa: ANN001, ANN201
+            return input_ids
+
+    ids, cache = torch.zeros(1, 2), object()
+    first, second = First(), Second()
+    assert cache_argument(first, (ids, cache), {}) is cache
+    assert cache_argument(second, (ids, None, cache), {}) is cache
+    assert cache_argument(second, (ids, cache), {}) is None  # the second positional is the mask there
+    assert cache_argument(first, (ids, cache), {}) is cache  # asked again: the cached answer holds
+
+    def no_cache(self, input_ids, other=None):  # noqa: ANN001, ANN202
+        return input_ids
+
+    First.forward = no_cache  # a new forward function: its parameters are read afresh
+    assert cache_argument(first, (ids, cache), {}) is None

@@ -113,13 +113,16 @@ def test_an_adapter_whose_span_is_off_is_caught_without_reading_the_positions() 
 
 class HostReads(TorchDispatchMode):
     """Counts the reads of a tensor value on the host that go through the dispatcher (``.item()``, ``bool()``,
-    ``int()``; ``nonzero`` and boolean-mask indexing, which size their output from the values), except the CPU-only
-    ids range check of the relay forward, counted apart (``ids_checks``)."""
+    ``int()``; ``nonzero`` and boolean-mask indexing, which size their output from the values) that relaykit makes,
+    except the CPU-only ids range check of the relay forward, counted apart (``ids_checks``). Reads a backbone makes
+    in its own code (the LLaDA twin, like Fast-dLLM v1, finds its replaced cache columns with ``nonzero``) are
+    counted apart too (``backbone``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
         self.ids_checks = 0
+        self.backbone = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         sized_by_values = func in (torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.default) or (
@@ -127,9 +130,12 @@ class HostReads(TorchDispatchMode):
             and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
         )
         if func is torch.ops.aten._local_scalar_dense.default or sized_by_values:
-            names = {frame.name for frame in traceback.extract_stack()}
-            if "check_token_ids" in names:
+            stack = traceback.extract_stack()
+            caller = next(f.filename for f in reversed(stack) if f.filename != __file__ and "/torch/" not in f.filename)
+            if "check_token_ids" in {frame.name for frame in stack}:
                 self.ids_checks += 1
+            elif "/relaykit/testing/" in caller or "/transformers/" in caller:
+                self.backbone += 1
             else:
                 self.count += 1
         return func(*args, **(kwargs or {}))
@@ -138,7 +144,8 @@ class HostReads(TorchDispatchMode):
 @pytest.mark.parametrize("use_cache", [False, "prefix"])
 def test_generate_reads_no_value_per_call_besides_its_loop_check(use_cache: str | bool) -> None:
     """A block-causal Qwen2 (HF decode kwargs, DynamicCache): besides the one ``tolist`` per step (not dispatched),
-    the whole decode reads only the canvas's ids range (2) and whether anything is masked (1)."""
+    the whole decode reads only the canvas's ids range (2), its masked prompt positions (1: a ``nonzero``) and
+    whether anything is masked (1)."""
     torch.manual_seed(0)
     relay = relaykit.attach(tiny_qwen2(), mask_token_id=47)
     prompt = torch.randint(0, 46, (2, 4), generator=torch.Generator().manual_seed(1))
@@ -149,7 +156,7 @@ def test_generate_reads_no_value_per_call_besides_its_loop_check(use_cache: str 
         with reads:
             got = relaykit.generate(relay, prompt, **kw)
     assert torch.equal(got.sequences, want.sequences) and int(got.nfe.max()) >= 4
-    assert reads.count == 3
+    assert reads.count == 4
 
 
 def _bench(vocab: int = 48) -> relaykit.RelayModel:
@@ -222,8 +229,9 @@ class LoopReads:
 
 @pytest.mark.parametrize("name", list(LOOPS))
 def test_every_cache_mode_reads_one_value_per_step(name: str) -> None:
-    """Besides the canvas's ids range (2 reads) and "anything masked?" (1): one ``tolist`` per loop read (one per
-    step, plus the read that ends each sub-block), and on CPU one ids range check (2 reads) per backbone call."""
+    """Besides the canvas checks (ids range 2 reads, masked prompt positions 1, "anything masked?" 1): one
+    ``tolist`` per loop read (one per step, plus the read that ends each sub-block), and on CPU one ids range check
+    (2 reads) per backbone call."""
     build, kw = LOOPS[name]
     relay = build()
     prompt = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(1))
@@ -238,7 +246,7 @@ def test_every_cache_mode_reads_one_value_per_step(name: str) -> None:
     handle.remove()
     sub_blocks = 2 * (4 // kw.get("sub_block_size", 4))  # two blocks of 4
     assert torch.equal(got.sequences, want.sequences) and not bool((got.sequences == relay.mask_token_id).any())
-    once = 3 + relay.adapter.token_shift  # with a token shift the canvas's first positions are checked (1 read)
+    once = 4 + relay.adapter.token_shift  # with a token shift the canvas's first positions are checked (1 read)
     assert reads.count == once, f"{reads.count - once} host reads besides the canvas checks"
     assert loop.tolist == loop.steps == len(got.trajectory) + sub_blocks
     assert reads.ids_checks == 2 * len(calls) and len(calls) >= int(got.nfe.max())
@@ -258,7 +266,7 @@ def test_stopping_at_eos_reads_nothing_besides_the_loop_reads() -> None:
             got = relaykit.generate(relay, prompt, eos_token_id=stops, pad_token_id=0, **kw)
     assert torch.equal(got.sequences[:, :12], base.sequences[:, :12]) and bool((got.sequences[:, 12:] == 0).all())
     assert got.nfe.tolist() == want_nfe.tolist() == [3, 3]  # prefill, one step, the block's commit pass
-    assert reads.count == 3 and loop.tolist == loop.steps == 3  # block 1: step, end; block 2: "all stopped"
+    assert reads.count == 4 and loop.tolist == loop.steps == 3  # block 1: step, end; block 2: "all stopped"
 
 
 def test_sub_block_runner_reads_its_flag_itself_when_the_caller_does_not() -> None:
@@ -280,3 +288,19 @@ def test_sub_block_runner_reads_its_flag_itself_when_the_caller_does_not() -> No
         assert runner.host_flags(x, (8, 12), (8, 10)).tolist() == [False]
         runner.step(x, (8, 12), (8, 10), None)
     assert runner.view.fed == (8, 10)  # flags read by the step itself: the sub-block call
+
+
+def test_whether_a_call_needs_an_attention_mask_is_decided_from_python_ints_as_the_mask_says() -> None:
+    segments = ((0, 4), (4, 8), (8, 12))
+    for attention in ("bidirectional", "block_causal"):
+        for held in (0, 4, 8, 12):
+            for start, stop in ((0, 4), (0, 12), (4, 8), (8, 12), (4, 12), (2, 6), (6, 6)):
+                for replaced in (None, (start, stop), (8, 12)):
+                    call = DecodeCall("step", start, stop, 2, cache_length=held, replaced=replaced,
+                                      segments=segments, attention=attention)  # fmt: skip
+                    full = call.allowed(explicit=True)  # (b, 1, q, kv) built in full
+                    with HostReads() as reads:
+                        got = call.allowed()
+                    assert reads.count == 0
+                    assert (got is None) == bool(full.all()), (attention, held, start, stop, replaced)
+                    assert got is None or torch.equal(got, full)
