@@ -179,7 +179,7 @@ PRESETS = {
 DESCRIPTIONS = {
     "quick": "a first look: d=96, 3 layers, 800 passes per method, easier puzzles; ~4 min on 2 free cores",
     "default": "the study: d=128, 4 layers, 1500 passes per method (warm 750) at batch 32, 26-30 givens, a "
-    "22-24-given 'hard' subset; ~25 min on 2 free cores",
+    "22-24-given 'hard' subset; about 28 min on 2 cores",
     "gpu": "for a GPU: d=256, 8 layers, 10000 passes per method (warm 5000) at batch 128, harder puzzles (22-28 "
     "givens), 1000 evaluation / 1000 validation / 500 hard puzzles; ~5 min on an H200",
 }
