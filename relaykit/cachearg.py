@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -32,20 +33,29 @@ _SIGNATURES: weakref.WeakKeyDictionary[Any, dict[str, inspect.Parameter]] = weak
 def forward_parameters(module: nn.Module) -> dict[str, inspect.Parameter]:
     """The parameters of ``module.forward`` as seen through the bound method (cached by its function; {} when
     they cannot be read)."""
-    forward = module.forward
-    function = getattr(forward, "__func__", None)  # a bound method: cache by its function
-    if function is not None and function in _SIGNATURES:
-        return _SIGNATURES[function]
-    try:
-        params = dict(inspect.signature(forward).parameters)
-    except (TypeError, ValueError):
-        return {}
+
+    def read() -> dict[str, inspect.Parameter]:
+        try:
+            return dict(inspect.signature(module.forward).parameters)
+        except (TypeError, ValueError):
+            return {}
+
+    return _per_function(_SIGNATURES, module, read)
+
+
+def _per_function(table: weakref.WeakKeyDictionary[Any, Any], module: nn.Module, compute: Callable[[], Any]) -> Any:
+    """``compute()`` worked out once per forward function (a bound method's ``__func__``) and kept in ``table``;
+    a forward that is no bound method, or not weak-referenceable, is computed every time."""
+    function = getattr(module.forward, "__func__", None)
+    if function is not None and function in table:
+        return table[function]
+    value = compute()
     if function is not None:
         try:
-            _SIGNATURES[function] = params
+            table[function] = value
         except TypeError:  # not weak-referenceable: just not cached
             pass
-    return params
+    return value
 
 
 def cache_parameter(module: nn.Module) -> str | None:
@@ -90,18 +100,13 @@ _POSITIONS: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictiona
 def _cache_position(module: nn.Module) -> int | None:
     """Where ``module.forward`` takes its cache positionally (None: not at all), worked out once per forward
     function: a call with positional arguments asks on every forward."""
-    function = getattr(module.forward, "__func__", None)
-    if function is not None and function in _POSITIONS:
-        return _POSITIONS[function]
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    positional = [p.name for p in forward_parameters(module).values() if p.kind in kinds]
-    index = next((positional.index(name) for name in CACHE_NAMES if name in positional), None)
-    if function is not None:
-        try:
-            _POSITIONS[function] = index
-        except TypeError:  # not weak-referenceable: just not cached
-            pass
-    return index
+
+    def find() -> int | None:
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        positional = [p.name for p in forward_parameters(module).values() if p.kind in kinds]
+        return next((positional.index(name) for name in CACHE_NAMES if name in positional), None)
+
+    return _per_function(_POSITIONS, module, find)
 
 
 def output_cache(output: Any) -> Any:

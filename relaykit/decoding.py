@@ -288,10 +288,11 @@ def generate(
             while True:
                 focus = torch.zeros_like(candidates)
                 focus[:, a:c] = True
-                todo = still_masked(x, mask_id, maskable_t) & focus  # (b, T)
+                masked = still_masked(x, mask_id, maskable_t)  # (b, T)
+                todo = masked & focus  # (b, T)
                 active = todo.any(-1)  # (b,)
                 need = runner.host_flags(x, (s, e), (a, c))  # (k,) what the runner's step decides on, or None
-                left = still_masked(x, mask_id, maskable_t).any(-1) if drop_finished_rows else None  # (b,)
+                left = masked.any(-1) if drop_finished_rows else None  # (b,)
                 # the step's one host read: go on?, has every row stopped (first step of a block after an EOS
                 # check)?, did the last commit break a policy rule?, the runner's flags, and the rows left
                 go, halted, broken, (flags, left) = read_step(active.any(), stop, pending, need, left)
